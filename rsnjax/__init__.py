@@ -1,0 +1,42 @@
+"""rsnjax: train recurrent reservoir-sampler networks (RSNs) to sample from complex distributions.
+
+The data flows one way: target or data → `fit` → score model → circuit → `sample` → metrics.
+"""
+
+__version__ = "0.1.0"
+
+from . import targets
+from .checkpoint import CheckpointError, load, save
+from .dsm import dsm_loss, dsm_loss_with_noise, geometric_sigmas
+from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
+from .reservoir import RankDeficientReadoutError, ReservoirSampler
+from .sampling import SampleResult, SimulationDivergedError, as_sde, sample, skew_symmetric
+from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
+from .training import History, TrainingDivergedError, fit
+
+__all__ = [
+    "__version__",
+    "targets",
+    "ScoreNetwork",
+    "SamplerOnly",
+    "ACTIVATIONS",
+    "ReservoirSampler",
+    "RankDeficientReadoutError",
+    "fit",
+    "History",
+    "TrainingDivergedError",
+    "geometric_sigmas",
+    "dsm_loss",
+    "dsm_loss_with_noise",
+    "sample",
+    "SampleResult",
+    "SimulationDivergedError",
+    "as_sde",
+    "skew_symmetric",
+    "CircuitSDE",
+    "OutputLangevin",
+    "ReservoirLangevin",
+    "save",
+    "load",
+    "CheckpointError",
+]

@@ -1,0 +1,326 @@
+"""`fit`: annealed denoising score matching with optax, with checkpoints and exact resume.
+
+The loop runs the noise levels largest first. Within a level, steps are executed in chunks: one
+jit-compiled `lax.scan` over a chunk of optimiser steps, then control returns to Python to update
+the progress bar, check the loss is finite and write checkpoints. Every random draw of step t of
+level k is made with a key folded from (``key``, k, t), so the result does not depend on the chunk
+size and a resumed run gives the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import checkpoint as ckpt
+from ._validation import check_array, check_int, check_key, check_positive
+from .dsm import dsm_loss_with_noise
+
+__all__ = ["fit", "History", "TrainingDivergedError", "CHECKPOINT_NAME"]
+
+#: The file `fit` writes inside ``checkpoint_dir``.
+CHECKPOINT_NAME = "fit_state.ckpt"
+
+
+class History(NamedTuple):
+    """What `fit` records.
+
+    - ``loss``: ``(total_steps,)`` the DSM loss of every step (NaN for steps not run).
+    - ``level``: ``(total_steps,)`` the noise-level index of every step.
+    - ``sigmas``: ``(num_levels,)`` the schedule.
+    - ``level_loss``: ``(num_levels,)`` the mean loss over the last quarter of each level.
+    """
+
+    loss: np.ndarray
+    level: np.ndarray
+    sigmas: np.ndarray
+
+    @property
+    def level_loss(self) -> np.ndarray:
+        per = self.loss.reshape(len(self.sigmas), -1)
+        tail = per[:, -max(1, per.shape[1] // 4) :]
+        return np.nanmean(tail, axis=1) if np.isfinite(tail).any() else np.full(len(self.sigmas), np.nan)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The DSM loss became NaN or infinite. ``.model`` holds the last good model (the start of
+    the failing chunk), ``.history`` what was recorded, ``.level`` and ``.step`` where it failed."""
+
+    def __init__(self, message, *, model, history, level, step):
+        super().__init__(message)
+        self.model = model
+        self.history = history
+        self.level = level
+        self.step = step
+
+
+def _is_target(data) -> bool:
+    return hasattr(data, "sample") and hasattr(data, "dim") and not isinstance(data, (np.ndarray, jax.Array))
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    for c in range(min(n, limit), 0, -1):
+        if n % c == 0:
+            return c
+    return 1
+
+
+def _key_fingerprint(key) -> str:
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return hashlib.sha256(np.asarray(data).tobytes()).hexdigest()[:16]
+
+
+def _model_dim(model) -> int | None:
+    return getattr(model, "dim", None)
+
+
+def fit(
+    model: eqx.Module,
+    data: Any,
+    *,
+    sigmas,
+    steps_per_level: int | None = None,
+    epochs_per_level: int | None = None,
+    batch_size: int = 128,
+    optimizer: optax.GradientTransformation | None = None,
+    weight_decay: float = 0.0,
+    reset_optimizer: bool = True,
+    key,
+    progress: bool | None = None,
+    chunk_size: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    max_chunks: int | None = None,
+) -> tuple[eqx.Module, History]:
+    """Train a score model by denoising score matching over an annealed noise schedule.
+
+    **Arguments:**
+
+    - `model`: a `ScoreNetwork`, `SamplerOnly` or any equinox module mapping ``(batch, d)`` to
+      ``(batch, d)``.
+    - `data`: an array ``(num, d)`` (shuffled epochs, the last incomplete batch dropped), a
+      JAX-traceable callable ``(key, batch_size) -> (batch_size, d)``, or a target with
+      ``sample(key, num)`` (fresh draws every step, as in the paper).
+    - `sigmas`: the noise levels, e.g. `geometric_sigmas(...)`; all > 0, used in the given order.
+    - `steps_per_level`: optimiser steps at each level. For array data `epochs_per_level` may be
+      given instead (steps = epochs × ⌊num / batch_size⌋).
+    - `batch_size`: examples per step.
+    - `optimizer`: an optax transformation (default ``optax.adam(1e-3)``; the paper's double peak
+      uses ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``).
+    - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
+      *before* the optimiser (``optax.add_decayed_weights`` chained in front).
+    - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
+    - `key`: PRNG key (keyword-only).
+    - `progress`: show a progress bar (default: when stderr is a terminal).
+    - `chunk_size`: steps per compiled chunk (default: the largest divisor of `steps_per_level`
+      that is ≤ 250). Results do not depend on it.
+    - `checkpoint_dir`: when given, the model, optimiser state and position in the schedule are
+      saved to ``checkpoint_dir/fit_state.ckpt`` at the end of every level and every
+      `checkpoint_every` steps (at the next chunk boundary).
+    - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one. The run must use
+      the same key, schedule and data settings; the result equals an uninterrupted run's.
+    - `max_chunks`: stop after this many chunks (for tests and time-boxed runs; the checkpoint is
+      written first so the run can be resumed).
+
+    **Returns:** ``(trained_model, history)``, see `History`.
+
+    **Raises:** `TrainingDivergedError` when the loss becomes non-finite (the last checkpoint is
+    left untouched); `ValueError`/`TypeError` naming the argument for bad input.
+    """
+    key = check_key(key)
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if sigmas.ndim != 1 or sigmas.size == 0:
+        raise ValueError(f"`sigmas` must be a non-empty 1-D sequence, got shape {sigmas.shape}")
+    if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
+        raise ValueError(f"`sigmas` must all be finite and > 0, got {sigmas}")
+    batch_size = check_int(batch_size, "batch_size")
+    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    dim = _model_dim(model)
+
+    # --- the data source -------------------------------------------------------------------
+    data_array = None
+    if _is_target(data):
+        if dim is not None and data.dim != dim:
+            raise ValueError(f"`data` (a target of dim {data.dim}) does not match the model's dim {dim}")
+        target = data
+        draw = lambda k, bs: target.sample(k, bs)  # noqa: E731
+        kind = f"target:{type(data).__name__}"
+    elif callable(data) and not isinstance(data, (np.ndarray, jax.Array)):
+        draw = data
+        kind = "callable"
+    else:
+        data_array = check_array(data, "data", ndim=2, dim=dim, min_rows=batch_size)
+        draw = None
+        kind = f"array:{tuple(data_array.shape)}"
+    if data_array is not None:
+        steps_per_epoch = data_array.shape[0] // batch_size
+        if epochs_per_level is not None:
+            if steps_per_level is not None:
+                raise ValueError("give either `steps_per_level` or `epochs_per_level`, not both")
+            steps_per_level = check_int(epochs_per_level, "epochs_per_level") * steps_per_epoch
+    elif epochs_per_level is not None:
+        raise ValueError("`epochs_per_level` needs array `data`; use `steps_per_level` for targets")
+    if steps_per_level is None:
+        raise TypeError("`steps_per_level` is required")
+    steps_per_level = check_int(steps_per_level, "steps_per_level")
+    chunk = check_int(chunk_size, "chunk_size") if chunk_size is not None else _divisor_at_most(steps_per_level, 250)
+    if steps_per_level % chunk:
+        raise ValueError(f"`chunk_size` ({chunk}) must divide `steps_per_level` ({steps_per_level})")
+    if checkpoint_every is not None:
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every")
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir`")
+
+    # --- the optimiser and the compiled chunk ------------------------------------------------
+    base = optimizer if optimizer is not None else optax.adam(1e-3)
+    if not isinstance(base, optax.GradientTransformation):
+        raise TypeError(f"`optimizer` must be an optax.GradientTransformation, got {type(base).__name__}")
+    tx = optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay > 0 else base
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    noise_root, data_root = jax.random.split(key)
+
+    def loss_fn(p, batch, noise, sigma):
+        net = eqx.combine(p, static)
+        return dsm_loss_with_noise(net, batch, noise, sigma)
+
+    def one_step(carry, xs):
+        p, opt_state, sigma, level_key, data_in = carry
+        step, batch_idx = xs
+        step_key = jax.random.fold_in(level_key, step)
+        k_data, k_noise = jax.random.split(step_key)
+        if data_array is not None:
+            batch = data_in[batch_idx]
+        else:
+            batch = jnp.asarray(draw(k_data, batch_size), dtype)
+        noise = jax.random.normal(k_noise, batch.shape, dtype)
+        loss, grads = jax.value_and_grad(loss_fn)(p, batch, noise, sigma)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        p = optax.apply_updates(p, updates)
+        return (p, opt_state, sigma, level_key, data_in), loss
+
+    @jax.jit
+    def run_chunk(p, opt_state, sigma, level_key, data_in, steps, batch_idx):
+        carry, losses = jax.lax.scan(one_step, (p, opt_state, sigma, level_key, data_in), (steps, batch_idx))
+        return carry[0], carry[1], losses
+
+    def batch_indices(level: int, start: int) -> jax.Array:
+        if data_array is None:
+            return jnp.zeros((chunk, 0), jnp.int32)
+        rows = []
+        for g in range(start, start + chunk):
+            epoch, pos = divmod(g, steps_per_epoch)
+            perm = perms.get((level, epoch))
+            if perm is None:
+                perms.clear()
+                perm = np.asarray(jax.random.permutation(
+                    jax.random.fold_in(jax.random.fold_in(data_root, level), epoch), data_array.shape[0]))
+                perms[(level, epoch)] = perm
+            rows.append(perm[pos * batch_size : (pos + 1) * batch_size])
+        return jnp.asarray(np.stack(rows), jnp.int32)
+
+    perms: dict = {}
+    num_levels = len(sigmas)
+    total = num_levels * steps_per_level
+    loss_hist = np.full(total, np.nan)
+    level_hist = np.repeat(np.arange(num_levels), steps_per_level)
+    opt_state = tx.init(params)
+    start_level, start_step = 0, 0
+
+    fingerprint = {
+        "sigmas": [float(s) for s in sigmas], "steps_per_level": steps_per_level,
+        "batch_size": batch_size, "data": kind, "key": _key_fingerprint(key),
+        "weight_decay": weight_decay, "reset_optimizer": bool(reset_optimizer),
+    }
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if resume and ckpt_path.exists():
+        model_loaded, extra, header = ckpt.load_with_extra(
+            ckpt_path, {"opt_state": opt_state, "loss": jnp.zeros(total)})
+        meta = header["metadata"]
+        if meta.get("fit") != fingerprint:
+            diff = sorted(k for k in fingerprint if meta.get("fit", {}).get(k) != fingerprint[k])
+            raise ckpt.CheckpointError(
+                f"checkpoint {str(ckpt_path)!r} was written by a different fit configuration "
+                f"(differs in: {', '.join(diff)}); resume needs the same key, schedule and data")
+        params, static_loaded = eqx.partition(model_loaded, eqx.is_inexact_array)
+        if jax.tree_util.tree_structure(static_loaded) != jax.tree_util.tree_structure(static) or \
+                jax.tree_util.tree_map(jnp.shape, params) != jax.tree_util.tree_map(jnp.shape, eqx.partition(model, eqx.is_inexact_array)[0]):
+            raise ckpt.CheckpointError(f"checkpoint {str(ckpt_path)!r} holds a different model than `model`")
+        opt_state = extra["opt_state"]
+        loss_hist = np.asarray(extra["loss"], dtype=np.float64)
+        start_level, start_step = meta["level"], meta["step"]
+
+    def save_checkpoint(level: int, step: int):
+        if ckpt_path is None:
+            return
+        ckpt.save(ckpt_path, eqx.combine(params, static),
+                  extra={"opt_state": opt_state, "loss": jnp.asarray(loss_hist)},
+                  metadata={"fit": fingerprint, "level": level, "step": step})
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start_level * steps_per_level + start_step,
+                   desc="DSM", unit="step", dynamic_ncols=True)
+
+    chunks_run = 0
+    since_ckpt = 0
+    data_in = data_array if data_array is not None else jnp.zeros((0,), dtype)
+    try:
+        for level in range(start_level, num_levels):
+            sigma = jnp.asarray(sigmas[level], dtype)
+            level_key = jax.random.fold_in(noise_root, level)
+            step = start_step if level == start_level else 0
+            if step == 0 and reset_optimizer and level > 0:
+                opt_state = tx.init(params)
+            while step < steps_per_level:
+                if max_chunks is not None and chunks_run >= max_chunks:
+                    save_checkpoint(level, step)
+                    return eqx.combine(params, static), History(loss_hist, level_hist, sigmas)
+                steps = jnp.arange(step, step + chunk, dtype=jnp.int32)
+                new_params, new_opt, losses = run_chunk(
+                    params, opt_state, sigma, level_key, data_in, steps, batch_indices(level, step))
+                losses = np.asarray(losses)
+                g0 = level * steps_per_level + step
+                if not np.all(np.isfinite(losses)):
+                    bad = int(np.argmax(~np.isfinite(losses)))
+                    loss_hist[g0 : g0 + bad] = losses[:bad]
+                    raise TrainingDivergedError(
+                        f"the DSM loss became non-finite at level {level} (sigma={sigmas[level]:.4g}), "
+                        f"step {step + bad}; the returned `.model` is the last good one"
+                        + (f" and {str(ckpt_path)!r} holds the last checkpoint" if ckpt_path else "")
+                        + ". Lower the learning rate or check the data.",
+                        model=eqx.combine(params, static),
+                        history=History(loss_hist, level_hist, sigmas), level=level, step=step + bad)
+                params, opt_state = new_params, new_opt
+                loss_hist[g0 : g0 + chunk] = losses
+                step += chunk
+                chunks_run += 1
+                since_ckpt += chunk
+                if bar is not None:
+                    bar.update(chunk)
+                    bar.set_postfix(level=f"{level + 1}/{num_levels}", sigma=f"{sigmas[level]:.3g}",
+                                    loss=f"{losses.mean():.4g}")
+                if checkpoint_every is not None and since_ckpt >= checkpoint_every and step < steps_per_level:
+                    save_checkpoint(level, step)
+                    since_ckpt = 0
+            save_checkpoint(level + 1, 0) if level + 1 < num_levels else save_checkpoint(num_levels, 0)
+            since_ckpt = 0
+    finally:
+        if bar is not None:
+            bar.close()
+    return eqx.combine(params, static), History(loss_hist, level_hist, sigmas)
