@@ -40,6 +40,7 @@ class Target(eqx.Module):
     def log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
         raise NotImplementedError
 
+    @eqx.filter_jit
     def score(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """∇ log p(x), by automatic differentiation unless a subclass gives a closed form."""
         flat = x.reshape(-1, x.shape[-1])
@@ -61,11 +62,9 @@ def _as_covariances(covariances, num: int, dim: int) -> np.ndarray:
         cov = cov[:, None, None] * np.eye(dim)
     elif cov.ndim == 2 and cov.shape == (num, dim):
         cov = np.einsum("ki,ij->kij", cov, np.eye(dim))
-    elif cov.ndim == 2 and cov.shape == (dim, dim):
-        cov = np.broadcast_to(cov, (num, dim, dim))
     if cov.shape != (num, dim, dim):
         raise ValueError(
-            f"`covariances` must be a scalar, ({num},), ({num}, {dim}), ({dim}, {dim}) or "
+            f"`covariances` must be a scalar, ({num},), ({num}, {dim}) (diagonals) or "
             f"({num}, {dim}, {dim}), got shape {np.shape(covariances)}"
         )
     if not np.all(np.isfinite(cov)):
@@ -95,7 +94,7 @@ class GaussianMixture(Target):
 
     - `means`: shape ``(num_components, dim)``.
     - `covariances`: a scalar variance, per-component variances ``(K,)``, diagonal variances
-      ``(K, dim)``, one shared ``(dim, dim)`` matrix or full ``(K, dim, dim)`` matrices.
+      ``(K, dim)`` or full ``(K, dim, dim)`` matrices.
     - `weights`: ``(K,)`` positive weights (normalised here); uniform when omitted.
     """
 
@@ -125,31 +124,45 @@ class GaussianMixture(Target):
         eye = jnp.eye(self.dim, dtype=self.covariances.dtype)
         return GaussianMixture(self.means, self.covariances + sigma**2 * eye, self.weights)
 
-    def component_log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch K"]:
-        """log(w_k N(x; μ_k, C_k)) for each component k."""
-        x = self._check_points(x)
+    def _component_log_prob(self, x: Array, covariances: Array) -> Array:
         diff = x[..., None, :] - self.means  # (..., K, d)
-        prec = jnp.linalg.inv(self.covariances)  # (K, d, d)
+        prec = jnp.linalg.inv(covariances)  # (K, d, d)
         maha = jnp.einsum("...ki,kij,...kj->...k", diff, prec, diff)
-        logdet = jnp.linalg.slogdet(self.covariances)[1]
+        logdet = jnp.linalg.slogdet(covariances)[1]
         return jnp.log(self.weights) - 0.5 * (maha + logdet + self.dim * math.log(2 * math.pi))
 
-    def log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
-        """log p(x)."""
-        return logsumexp(self.component_log_prob(x), axis=-1)
-
-    def score(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
-        """∇ log p(x) = Σ_k r_k(x) C_k⁻¹ (μ_k − x), r_k the posterior responsibilities."""
-        x = self._check_points(x)
-        resp = jax.nn.softmax(self.component_log_prob(x), axis=-1)  # (..., K)
-        prec = jnp.linalg.inv(self.covariances)  # (K, d, d)
+    def _score(self, x: Array, covariances: Array) -> Array:
+        resp = jax.nn.softmax(self._component_log_prob(x, covariances), axis=-1)  # (..., K)
+        prec = jnp.linalg.inv(covariances)
         comp = jnp.einsum("kij,...kj->...ki", prec, self.means - x[..., None, :])
         return jnp.sum(resp[..., None] * comp, axis=-2)
 
-    def blurred_score(self, x: Float[Array, "*batch dim"], sigma: float) -> Float[Array, "*batch dim"]:
-        """Score of the target convolved with N(0, σ² I), in closed form."""
-        return self.blurred(sigma).score(x)
+    @eqx.filter_jit
+    def component_log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch K"]:
+        """log(w_k N(x; μ_k, C_k)) for each component k."""
+        return self._component_log_prob(self._check_points(x), self.covariances)
 
+    @eqx.filter_jit
+    def log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
+        """log p(x)."""
+        return logsumexp(self._component_log_prob(self._check_points(x), self.covariances), axis=-1)
+
+    @eqx.filter_jit
+    def score(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
+        """∇ log p(x) = Σ_k r_k(x) C_k⁻¹ (μ_k − x), r_k the posterior responsibilities."""
+        return self._score(self._check_points(x), self.covariances)
+
+    def blurred_score(self, x: Float[Array, "*batch dim"], sigma) -> Float[Array, "*batch dim"]:
+        """Score of the target convolved with N(0, σ² I), in closed form (covariances + σ² I)."""
+        sigma = check_positive(sigma, "sigma", allow_zero=True)
+        return self._blurred_score(self._check_points(x), jnp.asarray(sigma, self.means.dtype))
+
+    @eqx.filter_jit
+    def _blurred_score(self, x, sigma):
+        eye = jnp.eye(self.dim, dtype=self.covariances.dtype)
+        return self._score(x, self.covariances + sigma**2 * eye)
+
+    @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, num: int) -> Float[Array, "num dim"]:
         """``num`` independent draws, shape ``(num, dim)``."""
         key = check_key(key)
@@ -173,8 +186,13 @@ class GaussianMixture(Target):
 
 def gaussian(mean, covariance) -> GaussianMixture:
     """A single Gaussian N(mean, covariance), as a one-component `GaussianMixture`."""
-    mean = check_array(mean, "mean", ndim=(0, 1))
-    return GaussianMixture(jnp.atleast_1d(mean)[None, :], covariance)
+    mean = jnp.atleast_1d(check_array(mean, "mean", ndim=(0, 1)))
+    cov = jnp.asarray(covariance)
+    if cov.ndim == 2:
+        cov = cov[None]
+    elif cov.ndim == 1:
+        cov = cov[None]  # diagonal variances
+    return GaussianMixture(mean[None, :], cov)
 
 
 def double_peak() -> GaussianMixture:
@@ -266,6 +284,7 @@ class LaplaceMixture(Target):
         log_dz = log_f + 0.5 * z**2 + 0.5 * math.log(2 * math.pi)
         return z, log_dz
 
+    @eqx.filter_jit
     def component_log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch K"]:
         """log(w_k p_k(x)) for each component k."""
         x = self._check_points(x)
@@ -281,10 +300,12 @@ class LaplaceMixture(Target):
         logdet = jnp.linalg.slogdet(self.correlations)[1]
         return quad, logdet
 
+    @eqx.filter_jit
     def log_prob(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch"]:
         """log p(x), exact."""
         return logsumexp(self.component_log_prob(x), axis=-1)
 
+    @eqx.filter_jit
     def score(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
         """∇ log p(x) in closed form: Σ_k r_k [−(R_k⁻¹ − I) z] ⊙ dz/dx − sign(x)/b."""
         x = self._check_points(x)
@@ -298,6 +319,7 @@ class LaplaceMixture(Target):
         copula = jnp.sum(resp[..., None] * grad_z, axis=-2) * jnp.exp(log_dz)
         return copula - jnp.sign(x) / self.scale
 
+    @eqx.filter_jit
     def sample(self, key: PRNGKeyArray, num: int) -> Float[Array, "num dim"]:
         """``num`` independent draws, shape ``(num, dim)``."""
         key = check_key(key)
