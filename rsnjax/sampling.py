@@ -248,14 +248,19 @@ def sample(
     if ndev > 1:
         mesh = Mesh(np.array(devices), ("chains",))
         out_specs = (P("chains"), P(None, "chains") if num_saved else P(), P("chains"), P("chains"))
-        runner = jax.shard_map(runner, mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P()),
-                               out_specs=out_specs, check_vma=False)
-    fn = jax.jit(runner)
+        per_device_runner = runner
+        sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
+        sharded = jax.shard_map(
+            lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
+            mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P()), out_specs=out_specs, check_vma=False)
+        runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
+    sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
+    fn = jax.jit(lambda arrays, *args: runner(eqx.combine(arrays, sde_static), *args))
     t0 = time.perf_counter()
-    compiled = fn.lower(sde, state0, chain_ids, k_chains).compile()
+    compiled = fn.lower(sde_arrays, state0, chain_ids, k_chains).compile()
     compile_time = time.perf_counter() - t0
     t0 = time.perf_counter()
-    samples, traj, final, bad = jax.block_until_ready(compiled(sde, state0, chain_ids, k_chains))
+    samples, traj, final, bad = jax.block_until_ready(compiled(sde_arrays, state0, chain_ids, k_chains))
     wall = time.perf_counter() - t0
 
     samples = samples[:num_chains]

@@ -1,0 +1,192 @@
+"""Statistical and mechanical checks of `rsnjax.sample`."""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rsnjax
+from rsnjax import targets
+
+
+def _em_stationary_variance(var, h):
+    """Euler–Maruyama on the OU process dx = −x/var dt + √2 dB has stationary variance
+    var / (1 − h/(2 var)) (exact for the discrete chain)."""
+    return var / (1 - h / (2 * var))
+
+
+def test_langevin_on_a_gaussian_recovers_mean_and_variance():
+    mean = jnp.array([1.0, -2.0])
+    var = jnp.array([0.5, 2.0])
+    target = targets.gaussian(mean, var)
+    n, h = 8000, 0.02
+    out = rsnjax.sample(target, key=jax.random.key(0), num_chains=n, num_steps=1500, step_size=h, init="normal")
+    s = np.asarray(out.samples, np.float64)
+    assert s.shape == (n, 2)
+    expected_var = np.array([_em_stationary_variance(v, h) for v in (0.5, 2.0)])
+    # 5 standard errors: SE(mean) = √(var/n), SE(var) = var·√(2/n)
+    np.testing.assert_array_less(np.abs(s.mean(0) - np.asarray(mean)), 5 * np.sqrt(expected_var / n))
+    np.testing.assert_array_less(np.abs(s.var(0) - expected_var), 5 * expected_var * math.sqrt(2 / n))
+
+
+def test_langevin_on_double_peak_recovers_mode_weights_and_variance():
+    target = targets.double_peak()
+    n = 8000
+    out = rsnjax.sample(target, key=jax.random.key(1), num_chains=n, num_steps=2000, step_size=0.01)
+    s = np.asarray(out.samples[:, 0], np.float64)
+    assert abs((s > 0).mean() - 0.5) < 5 * math.sqrt(0.25 / n)
+    assert abs(s.mean()) < 5 * math.sqrt(1.25 / n)
+    # variance 1.25 (+ O(h) Euler bias ≈ 0.5 %); SE of the variance of a bimodal law ≈ 0.9·√(1/n)
+    assert abs(s.var() - 1.25) < 5 * s.std() ** 2 * math.sqrt(2 / n)
+    # the mode weights follow the target's component weights when they are unequal
+    lopsided = targets.GaussianMixture(jnp.array([[-1.0], [1.0]]), 0.25, jnp.array([0.3, 0.7]))
+    out = rsnjax.sample(lopsided, key=jax.random.key(2), num_chains=n, num_steps=4000, step_size=0.01)
+    assert abs(float((out.samples[:, 0] > 0).mean()) - 0.7) < 5 * math.sqrt(0.21 / n)
+
+
+def test_the_gaussian_check_fails_for_a_wrong_sampler():
+    """Guard: the tolerances above do reject a sampler that is wrong by a little (noise √1.9
+    instead of √2, i.e. a 5 % too narrow stationary law)."""
+    target = targets.gaussian(jnp.zeros(1), jnp.ones(1))
+    n, h = 8000, 0.02
+    wrong = lambda x: 0.95 * target.score(x) * 1.0  # noqa: E731  — equivalent to shrinking the noise
+    s = np.asarray(rsnjax.sample(wrong, dim=1, key=jax.random.key(0), num_chains=n, num_steps=1500,
+                                 step_size=h, init="normal").samples[:, 0], np.float64)
+    expected = _em_stationary_variance(1.0, h)
+    assert abs(s.var() - expected) > 5 * expected * math.sqrt(2 / n) * 0.5
+
+
+def test_same_key_same_samples_and_independent_of_block_size():
+    net = rsnjax.ScoreNetwork(2, 64, key=jax.random.key(0))
+    res = rsnjax.ReservoirSampler.from_score_network(net)
+    kw = dict(key=jax.random.key(3), num_chains=300, num_steps=50, step_size=0.05, save_every=10)
+    a = rsnjax.sample(res, **kw)
+    b = rsnjax.sample(res, **kw)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    np.testing.assert_array_equal(a.trajectory, b.trajectory)
+    c = rsnjax.sample(res, block_size=64, **kw)  # 300 chains padded to 5 blocks of 64
+    np.testing.assert_allclose(c.samples, a.samples, rtol=1e-5, atol=1e-5)
+    d = rsnjax.sample(res, **{**kw, "key": jax.random.key(4)})
+    assert not np.allclose(d.samples, a.samples)
+    assert a.trajectory.shape == (5, 300, 2)
+    np.testing.assert_array_equal(a.trajectory[-1], a.samples)
+    assert a.wall_time > 0 and a.compile_time > 0
+
+
+def test_burn_in_and_thinning_store_the_right_steps():
+    """A deterministic drift (dx = −x dt, no noise via a zero-noise SDE) makes the saved steps checkable."""
+    out = rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=20,
+                        step_size=0.1, burn_in=10, save_every=5, initial_state=jnp.ones(1))
+    assert out.trajectory.shape == (4, 3, 1)
+    # with noise the paths differ per chain but the trajectory's last entry is the final sample
+    np.testing.assert_array_equal(out.trajectory[-1], out.samples)
+    with pytest.raises(ValueError, match="save_every"):
+        rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=20,
+                      step_size=0.1, save_every=3)
+
+
+@pytest.mark.slow
+def test_diffrax_backend_agrees_statistically_with_scan():
+    target = targets.double_peak()
+    n = 6000
+    kw = dict(num_chains=n, num_steps=1000, step_size=0.02)
+    a = np.asarray(rsnjax.sample(target, key=jax.random.key(5), **kw).samples[:, 0], np.float64)
+    out = rsnjax.sample(target, key=jax.random.key(6), backend="diffrax", save_every=100, **kw)
+    b = np.asarray(out.samples[:, 0], np.float64)
+    assert out.trajectory.shape == (10, n, 1)
+    np.testing.assert_array_equal(out.trajectory[-1], out.samples)
+    from scipy import stats
+
+    assert stats.ks_2samp(a, b).pvalue > 1e-3
+    assert abs(a.var() - b.var()) < 5 * 1.25 * math.sqrt(4 / n)
+    assert abs((a > 0).mean() - (b > 0).mean()) < 5 * math.sqrt(0.5 / n)
+
+
+def test_accelerated_sampling_keeps_the_stationary_law():
+    mean = jnp.array([0.5, -0.5])
+    target = targets.gaussian(mean, jnp.array([1.0, 0.5]))
+    n, h = 8000, 0.01
+    s = np.asarray(rsnjax.sample(target, key=jax.random.key(7), num_chains=n, num_steps=2000, step_size=h,
+                                 skew=rsnjax.skew_symmetric(2, scale=1.0), init="normal").samples, np.float64)
+    np.testing.assert_array_less(np.abs(s.mean(0) - np.asarray(mean)), 5 * np.sqrt(np.array([1.0, 0.5]) / n) * 1.05)
+    np.testing.assert_array_less(np.abs(s.var(0) - np.array([1.0, 0.5])), 5 * np.array([1.0, 0.5]) * math.sqrt(2 / n) + 0.02)
+    with pytest.raises(ValueError, match="skew"):
+        rsnjax.sample(target, key=jax.random.key(0), num_chains=2, num_steps=2, step_size=0.1, skew=jnp.eye(2))
+
+
+def test_a_diverging_run_names_the_chains_and_the_step():
+    # a deep well at 0 (barrier ≈ 40 kT at |x| = √40); outside it the cubic blows up in finite time
+    unstable = lambda x: -4 * x + 0.1 * x**3  # noqa: E731
+    init = jnp.array([[0.0], [8.0], [0.1], [-9.0]])
+    with pytest.raises(rsnjax.SimulationDivergedError, match=r"2 of 4 chains.*chains 1, 3") as info:
+        rsnjax.sample(unstable, dim=1, key=jax.random.key(0), num_chains=4, num_steps=200, step_size=0.1,
+                      initial_state=init)
+    bad = np.asarray(info.value.result.nonfinite_step)
+    assert bad[0] == -1 and bad[2] == -1 and bad[1] > 0 and bad[3] > 0
+    flagged = rsnjax.sample(unstable, dim=1, key=jax.random.key(0), num_chains=4, num_steps=200, step_size=0.1,
+                            initial_state=init, on_nonfinite="flag")
+    np.testing.assert_array_equal(flagged.nonfinite_step, bad)
+    assert np.isfinite(flagged.samples[0, 0]) and np.isfinite(flagged.samples[2, 0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(step_size=0.0), "step_size"),
+        (dict(step_size=-1e-3), "step_size"),
+        (dict(step_size=float("nan")), "step_size"),
+        (dict(num_chains=0), "num_chains"),
+        (dict(num_steps=-5), "num_steps"),
+        (dict(key=None), "key"),
+        (dict(initial_state=jnp.zeros((5, 1))), "initial_state"),
+        (dict(initial_state=jnp.zeros((4, 3))), "initial_state"),
+        (dict(initial_state=jnp.full((4, 1), jnp.nan)), "initial_state"),
+        (dict(backend="euler"), "backend"),
+        (dict(init="gaussian"), "init"),
+        (dict(tau=0.0), "tau"),
+        (dict(on_nonfinite="ignore"), "on_nonfinite"),
+    ],
+)
+def test_sample_bad_input_names_the_argument(kwargs, match):
+    args = dict(key=jax.random.key(0), num_chains=4, num_steps=10, step_size=0.01)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        rsnjax.sample(targets.double_peak(), **args)
+
+
+def test_sample_rejects_unknown_models():
+    with pytest.raises(TypeError, match="model"):
+        rsnjax.sample("not a model", key=jax.random.key(0), num_chains=2, num_steps=2, step_size=0.1)
+    with pytest.raises(ValueError, match="dim"):
+        rsnjax.sample(lambda x: -x, key=jax.random.key(0), num_chains=2, num_steps=2, step_size=0.1)
+
+
+SHARD_SCRIPT = textwrap.dedent(
+    """
+    import jax, numpy as np, rsnjax
+    assert len(jax.local_devices()) == 4, jax.local_devices()
+    net = rsnjax.ScoreNetwork(2, 32, key=jax.random.key(0))
+    res = rsnjax.ReservoirSampler.from_score_network(net)
+    kw = dict(key=jax.random.key(1), num_chains=1000, num_steps=40, step_size=0.05, save_every=20)
+    a = rsnjax.sample(res, shard=False, **kw)
+    b = rsnjax.sample(res, **kw)              # all 4 devices
+    assert len(b.samples.sharding.device_set) == 4, b.samples.sharding
+    np.testing.assert_allclose(np.asarray(a.samples), np.asarray(b.samples), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a.trajectory), np.asarray(b.trajectory), rtol=1e-5, atol=1e-6)
+    c = rsnjax.sample(res, shard=2, **kw)
+    np.testing.assert_allclose(np.asarray(a.samples), np.asarray(c.samples), rtol=1e-5, atol=1e-6)
+    print("SHARDED-OK")
+    """
+)
+
+
+def test_sharded_and_unsharded_runs_agree():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert "SHARDED-OK" in proc.stdout, proc.stderr[-3000:]
