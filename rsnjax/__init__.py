@@ -5,7 +5,7 @@ The data flows one way: target or data → `fit` → score model → circuit →
 
 __version__ = "0.1.0"
 
-from . import targets
+from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
 from .dsm import dsm_loss, dsm_loss_with_noise, geometric_sigmas
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
@@ -17,6 +17,8 @@ from .training import History, TrainingDivergedError, fit
 __all__ = [
     "__version__",
     "targets",
+    "metrics",
+    "checkpoint",
     "ScoreNetwork",
     "SamplerOnly",
     "ACTIVATIONS",
