@@ -4,14 +4,17 @@ File layout (all integers little-endian)::
 
     b"RSNJAX-CHECKPOINT\\n"                magic line
     uint64  header length H
-    H bytes JSON header: format version, rsnjax version, model class and hyperparameters,
-            dtype, payload length and SHA-256, user metadata
+    H bytes JSON header: format version, rsnjax and JAX versions, model class and
+            hyperparameters, dtype, payload length and SHA-256, user metadata
+    32 bytes SHA-256 of everything above (magic, length and header)
     payload: equinox ``tree_serialise_leaves`` of ``(model, extra)``
+
+Every byte of the file is covered by a checksum: the header digest covers the header (which
+holds the payload's digest), so a flipped byte anywhere, a truncated file or a file of another
+kind is reported with the file's name and what is wrong with it.
 
 Files are written atomically (a temporary file in the same directory, flushed and fsynced, then
 renamed over the target), so a crash mid-write never leaves a truncated file where a good one was.
-Loading checks the magic, the header, the payload length and its hash, and says which file is
-wrong and how.
 """
 
 from __future__ import annotations
@@ -29,14 +32,29 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["save", "load", "load_with_extra", "CheckpointError", "model_spec", "model_from_spec"]
+__all__ = [
+    "save",
+    "load",
+    "load_with_extra",
+    "read_info",
+    "CheckpointError",
+    "model_spec",
+    "model_from_spec",
+    "atomic_write_bytes",
+]
 
 MAGIC = b"RSNJAX-CHECKPOINT\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_DIGEST_BYTES = 32
+#: A header larger than this is certainly a corrupt length field.
+_MAX_HEADER_BYTES = 1 << 26
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or does not match what was asked for."""
+    """A checkpoint file is missing, truncated, corrupt or does not match what was asked for.
+
+    The message names the file and says what is wrong with it.
+    """
 
 
 def _version() -> str:
@@ -46,7 +64,16 @@ def _version() -> str:
 
 
 def model_spec(model: Any) -> dict:
-    """The class name and hyperparameters that rebuild ``model``'s structure (not its weights)."""
+    """The class name and hyperparameters that rebuild ``model``'s structure (not its weights).
+
+    **Arguments:**
+
+    - `model`: a `ScoreNetwork`, `SamplerOnly` or `ReservoirSampler`.
+
+    **Returns:** a JSON-serialisable dict with ``"class"`` and the constructor's hyperparameters.
+
+    **Raises:** `TypeError` for any other object.
+    """
     from .networks import SamplerOnly, ScoreNetwork
     from .reservoir import ReservoirSampler
 
@@ -65,10 +92,20 @@ def model_spec(model: Any) -> dict:
 
 
 def model_from_spec(spec: dict, dtype) -> Any:
-    """A model with the structure ``spec`` describes and placeholder weights of ``dtype``."""
+    """A model with the structure ``spec`` describes and placeholder weights of ``dtype``.
+
+    **Arguments:**
+
+    - `spec`: a dict as returned by `model_spec`.
+    - `dtype`: the floating dtype of the placeholder weights.
+
+    **Returns:** a model to be used as a template for `equinox.tree_deserialise_leaves`.
+    """
     from .networks import SamplerOnly, ScoreNetwork
     from .reservoir import ReservoirSampler
 
+    if not isinstance(spec, dict):
+        raise TypeError(f"`spec` must be a dict, got {type(spec).__name__}")
     key = jax.random.key(0)
     cls = spec.get("class")
     if cls == "ScoreNetwork":
@@ -91,6 +128,55 @@ def _model_dtype(model) -> str:
     return str(leaves[0].dtype) if leaves else str(jnp.result_type(float))
 
 
+def _as_path(path: Any, name: str = "path") -> Path:
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{name}` must be a str or os.PathLike, got {type(path).__name__}")
+    if str(path) == "":
+        raise ValueError(f"`{name}` must not be empty")
+    if "\x00" in str(path):
+        raise ValueError(f"`{name}` must not contain a NUL character, got {str(path)!r}")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, flushed and
+    fsynced, then renamed over ``path``. Readers see the old file or the new one, never a part.
+
+    **Arguments:**
+
+    - `path`: the file to write; its directory is created.
+    - `data`: the bytes.
+
+    **Returns:** the path written.
+    """
+    path = _as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable (best effort; not possible on every platform)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
 def save(path: str | os.PathLike, model: Any, *, extra: Any = None, metadata: dict | None = None) -> Path:
     """Write ``model`` (and an optional pytree ``extra``, e.g. an optimiser state) to ``path``.
 
@@ -103,11 +189,19 @@ def save(path: str | os.PathLike, model: Any, *, extra: Any = None, metadata: di
     - `metadata`: a JSON-serialisable dict stored in the header.
 
     **Returns:** the path written.
+
+    **Raises:** `TypeError` for an unsupported model, a non-dict or non-JSON `metadata`, or a bad
+    `path`.
     """
-    path = Path(path)
+    path = _as_path(path)
     spec = model_spec(model)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"`metadata` must be a dict, got {type(metadata).__name__}")
     buffer = io.BytesIO()
-    eqx.tree_serialise_leaves(buffer, (model, extra))
+    try:
+        eqx.tree_serialise_leaves(buffer, (model, extra))
+    except Exception as err:  # noqa: BLE001 - numpy/equinox raise various types
+        raise TypeError(f"`extra` must be a pytree of arrays and numbers: {err}") from None
     payload = buffer.getvalue()
     header = {
         "format": FORMAT_VERSION,
@@ -121,64 +215,92 @@ def save(path: str | os.PathLike, model: Any, *, extra: Any = None, metadata: di
         "metadata": metadata or {},
     }
     try:
-        header_bytes = json.dumps(header, sort_keys=True).encode()
-    except TypeError as err:
-        raise TypeError(f"`metadata` must be JSON-serialisable: {err}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(struct.pack("<Q", len(header_bytes)))
-            f.write(header_bytes)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+        header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`metadata` must be JSON-serialisable (no NaN/inf): {err}") from None
+    head = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes
+    return atomic_write_bytes(path, head + hashlib.sha256(head).digest() + payload)
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, bytes]:
-    """The checked JSON header and the payload bytes of the checkpoint at ``path``."""
-    path = Path(path)
+    """The checked JSON header and the payload bytes of the checkpoint at ``path``.
+
+    **Raises:** `CheckpointError` naming the file when it is missing, unreadable, not a
+    checkpoint, of another format version, truncated, or corrupt.
+    """
+    path = _as_path(path)
+    name = repr(str(path))
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    data = path.read_bytes()
+        raise CheckpointError(f"checkpoint {name} does not exist or is not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {name} cannot be read: {err.strerror or err}") from None
     if not data.startswith(MAGIC):
-        raise CheckpointError(f"{str(path)!r} is not an rsnjax checkpoint (bad magic bytes)")
+        if len(data) < len(MAGIC) and MAGIC.startswith(data):
+            raise CheckpointError(f"checkpoint {name} is truncated ({len(data)} bytes, inside the magic line)")
+        raise CheckpointError(f"{name} is not an rsnjax checkpoint (bad magic bytes)")
     offset = len(MAGIC)
     if len(data) < offset + 8:
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated (no header length)")
+        raise CheckpointError(f"checkpoint {name} is truncated ({len(data)} bytes, no header length)")
     (header_len,) = struct.unpack("<Q", data[offset : offset + 8])
     offset += 8
-    if len(data) < offset + header_len:
-        raise CheckpointError(f"checkpoint {str(path)!r} is truncated inside its header")
+    if header_len > _MAX_HEADER_BYTES:
+        raise CheckpointError(f"checkpoint {name} is corrupt: header length field says {header_len} bytes")
+    if len(data) < offset + header_len + _DIGEST_BYTES:
+        raise CheckpointError(
+            f"checkpoint {name} is truncated inside its header ({len(data)} bytes, the header "
+            f"alone needs {offset + header_len + _DIGEST_BYTES})")
+    header_bytes = data[offset : offset + header_len]
+    digest = data[offset + header_len : offset + header_len + _DIGEST_BYTES]
+    if hashlib.sha256(data[: offset + header_len]).digest() != digest:
+        # Say something useful about files of an older format before calling it corrupt.
+        try:
+            old = json.loads(header_bytes)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if isinstance(old, dict) and isinstance(old.get("format"), int) and old["format"] != FORMAT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {name} has format {old['format']!r} (or a corrupt header); this rsnjax "
+                f"({_version()}) reads format {FORMAT_VERSION}")
+        raise CheckpointError(f"checkpoint {name} is corrupt: header checksum mismatch")
     try:
-        header = json.loads(data[offset : offset + header_len])
+        header = json.loads(header_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt header: {err}") from None
+        raise CheckpointError(f"checkpoint {name} has a corrupt header: {err}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        got = header.get("format") if isinstance(header, dict) else "?"
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has format {header.get('format') if isinstance(header, dict) else '?'}; "
-            f"this rsnjax reads format {FORMAT_VERSION}"
-        )
-    payload = data[offset + header_len :]
-    if len(payload) != header["payload_bytes"]:
+            f"checkpoint {name} has format {got!r}; this rsnjax ({_version()}) reads format {FORMAT_VERSION}")
+    payload = data[offset + header_len + _DIGEST_BYTES :]
+    expected = header.get("payload_bytes")
+    if len(payload) != expected:
+        what = "truncated" if isinstance(expected, int) and len(payload) < expected else "padded"
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or padded: payload has {len(payload)} bytes, "
-            f"header says {header['payload_bytes']}"
-        )
-    if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: payload checksum mismatch")
+            f"checkpoint {name} is {what}: its payload has {len(payload)} bytes, the header says {expected}")
+    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
+        raise CheckpointError(f"checkpoint {name} is corrupt: payload checksum mismatch")
     return header, payload
 
 
+def read_info(path: str | os.PathLike) -> dict:
+    """The header of the checkpoint at ``path`` (verified, weights not loaded).
+
+    **Returns:** a dict with ``"model"`` (class and hyperparameters), ``"dtype"``,
+    ``"rsnjax_version"``, ``"jax_version"``, ``"has_extra"`` and the user ``"metadata"``.
+    """
+    return read_header(path)[0]
+
+
+def _template(header: dict, path: Path) -> Any:
+    try:
+        return model_from_spec(header["model"], jnp.dtype(header["dtype"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} describes an unusable model: {err}") from None
+
+
 def load_with_extra(path: str | os.PathLike, extra_like: Any = None) -> tuple[Any, Any, dict]:
-    """Load a model, its extra pytree and the header's metadata.
+    """Load a model, its extra pytree and the header.
 
     **Arguments:**
 
@@ -186,26 +308,22 @@ def load_with_extra(path: str | os.PathLike, extra_like: Any = None) -> tuple[An
     - `extra_like`: a pytree with the structure of the stored ``extra`` (e.g. ``optimizer.init``
       of the model's parameters); ``None`` skips it.
 
-    **Returns:** ``(model, extra, header)``; ``extra`` is ``None`` when not requested or not stored.
+    **Returns:** ``(model, extra, header)``; ``extra`` is ``None`` when not requested.
+
+    **Raises:** `CheckpointError` naming the file when it is unreadable or corrupt, holds no
+    extra state although `extra_like` was given, or its extra state does not match `extra_like`.
     """
+    path = _as_path(path)
     header, payload = read_header(path)
-    try:
-        template_model = model_from_spec(header["model"], jnp.dtype(header["dtype"]))
-    except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} describes an unusable model: {err}") from None
+    template_model = _template(header, path)
     stored_extra = header.get("has_extra", False)
     if extra_like is not None and not stored_extra:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no extra state (e.g. optimiser state)")
-    template = (template_model, extra_like if stored_extra else None)
     try:
-        if stored_extra and extra_like is None:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds extra state: pass `extra_like` to load it, "
-                "or use `load` for the model alone"
-            )
-        model, extra = eqx.tree_deserialise_leaves(io.BytesIO(payload), template)
-    except CheckpointError:
-        raise
+        if extra_like is None:
+            # The model's leaves come first in the payload; the rest is not read.
+            return eqx.tree_deserialise_leaves(io.BytesIO(payload), template_model), None, header
+        model, extra = eqx.tree_deserialise_leaves(io.BytesIO(payload), (template_model, extra_like))
     except Exception as err:  # noqa: BLE001 - equinox raises several types on mismatch
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not match the expected structure: {err}"
@@ -214,13 +332,15 @@ def load_with_extra(path: str | os.PathLike, extra_like: Any = None) -> tuple[An
 
 
 def load(path: str | os.PathLike) -> Any:
-    """Load the model stored at ``path`` (any extra state is skipped)."""
-    header, payload = read_header(path)
-    if not header.get("has_extra", False):
-        return load_with_extra(path)[0]
-    # Deserialise the model's leaves only: they come first in the payload.
-    template_model = model_from_spec(header["model"], jnp.dtype(header["dtype"]))
-    try:
-        return eqx.tree_deserialise_leaves(io.BytesIO(payload), template_model)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match its model: {err}") from None
+    """Load the model stored at ``path`` (any extra state is skipped).
+
+    **Arguments:**
+
+    - `path`: the checkpoint file written by `save`.
+
+    **Returns:** the `ScoreNetwork`, `SamplerOnly` or `ReservoirSampler` stored there.
+
+    **Raises:** `CheckpointError` naming the file when it is missing, truncated, corrupt, of
+    another format, or does not hold the model its header describes.
+    """
+    return load_with_extra(path)[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -84,6 +85,24 @@ def _model_dim(model) -> int | None:
     return getattr(model, "dim", None)
 
 
+def _array_fingerprint(tree) -> str:
+    """A short hash of the structure (static fields included), shapes, dtypes and values of the
+    array leaves of ``tree``."""
+    structure = re.sub(r" at 0x[0-9a-fA-F]+", "", str(jax.tree_util.tree_structure(tree)))  # no addresses
+    digest = hashlib.sha256(structure.encode())
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, (np.ndarray, jax.Array, np.generic, int, float)):
+            a = np.asarray(leaf)
+            digest.update(f"{a.shape}{a.dtype}".encode())
+            digest.update(np.ascontiguousarray(a).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _describe_spec(spec: dict) -> str:
+    return spec.get("class", "?") + "(" + ", ".join(
+        f"{k}={v!r}" for k, v in sorted(spec.items()) if k != "class") + ")"
+
+
 def fit(
     model: eqx.Module,
     data: Any,
@@ -125,21 +144,38 @@ def fit(
     - `progress`: show a progress bar (default: when stderr is a terminal).
     - `chunk_size`: steps per compiled chunk (default: the largest divisor of `steps_per_level`
       that is ≤ 250). Results do not depend on it.
-    - `checkpoint_dir`: when given, the model, optimiser state and position in the schedule are
-      saved to ``checkpoint_dir/fit_state.ckpt`` at the end of every level and every
-      `checkpoint_every` steps (at the next chunk boundary).
-    - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one. The run must use
-      the same key, schedule and data settings; the result equals an uninterrupted run's.
-    - `max_chunks`: stop after this many chunks (for tests and time-boxed runs; the checkpoint is
-      written first so the run can be resumed).
+    - `checkpoint_dir`: when given, the model, optimiser state, loss history and position in the
+      schedule are saved (atomically) to ``checkpoint_dir/fit_state.ckpt`` at the end of every
+      level and, with `checkpoint_every`, every that many steps (at the next chunk boundary).
+      Needs a `ScoreNetwork` or `SamplerOnly` model. Without `resume` an existing file there is
+      replaced by the new run's first checkpoint.
+    - `checkpoint_every`: also checkpoint every this many steps within a level.
+    - `resume`: continue from the checkpoint in `checkpoint_dir` if there is one (start from
+      scratch if there is none). The run must use the same model class and hyperparameters, key,
+      schedule, steps per level, batch size, weight decay, `reset_optimizer` and data (arrays and
+      targets are compared by content; a callable cannot be checked); the result then equals an
+      uninterrupted run's bit for bit, whatever the chunk sizes. A checkpoint that does not match
+      raises `CheckpointError` saying what differs. The optimiser itself is not recorded: pass the
+      same one.
+    - `max_chunks`: stop after this many compiled chunks (for tests and time-boxed runs); the
+      checkpoint is written first so the run can be resumed.
 
     **Returns:** ``(trained_model, history)``, see `History`.
 
-    **Raises:** `TrainingDivergedError` when the loss becomes non-finite (the last checkpoint is
-    left untouched); `ValueError`/`TypeError` naming the argument for bad input.
+    **Raises:** `TrainingDivergedError` when the loss becomes non-finite (the checkpoint on disk is
+    left untouched: it is the last good one); `CheckpointError` when resuming from a corrupt or
+    mismatched checkpoint; `ValueError`/`TypeError` naming the argument for bad input.
     """
     key = check_key(key)
-    sigmas = np.asarray(sigmas, dtype=np.float64)
+    if not callable(model) or not jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)):
+        raise TypeError("`model` must be an equinox module with trainable floating-point arrays "
+                        f"(e.g. a ScoreNetwork or SamplerOnly), got {type(model).__name__}")
+    if sigmas is None or isinstance(sigmas, (str, bytes, dict, set)):
+        raise TypeError(f"`sigmas` must be a 1-D sequence of positive numbers, got {type(sigmas).__name__}")
+    try:
+        sigmas = np.asarray(sigmas, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`sigmas` must be a 1-D sequence of positive numbers: {err}") from None
     if sigmas.ndim != 1 or sigmas.size == 0:
         raise ValueError(f"`sigmas` must be a non-empty 1-D sequence, got shape {sigmas.shape}")
     if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
@@ -155,14 +191,14 @@ def fit(
             raise ValueError(f"`data` (a target of dim {data.dim}) does not match the model's dim {dim}")
         target = data
         draw = lambda k, bs: target.sample(k, bs)  # noqa: E731
-        kind = f"target:{type(data).__name__}"
+        kind = f"target:{type(data).__name__}:{_array_fingerprint(data)}"
     elif callable(data) and not isinstance(data, (np.ndarray, jax.Array)):
         draw = data
         kind = "callable"
     else:
         data_array = check_array(data, "data", ndim=2, dim=dim, min_rows=batch_size)
         draw = None
-        kind = f"array:{tuple(data_array.shape)}"
+        kind = f"array:{tuple(data_array.shape)}:{_array_fingerprint(data_array)}"
     if data_array is not None:
         steps_per_epoch = data_array.shape[0] // batch_size
         if epochs_per_level is not None:
@@ -179,8 +215,25 @@ def fit(
         raise ValueError(f"`chunk_size` ({chunk}) must divide `steps_per_level` ({steps_per_level})")
     if checkpoint_every is not None:
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every")
+        if checkpoint_dir is None:
+            raise ValueError("`checkpoint_every` needs `checkpoint_dir`")
+    if max_chunks is not None:
+        max_chunks = check_int(max_chunks, "max_chunks", minimum=0)
+    if not isinstance(resume, (bool, np.bool_)):
+        raise TypeError(f"`resume` must be a bool, got {type(resume).__name__}")
     if resume and checkpoint_dir is None:
         raise ValueError("`resume=True` needs `checkpoint_dir`")
+    if checkpoint_dir is not None:
+        if isinstance(checkpoint_dir, bool) or not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"`checkpoint_dir` must be a str or os.PathLike, got {type(checkpoint_dir).__name__}")
+        if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+            raise ValueError(f"`checkpoint_dir` {str(checkpoint_dir)!r} exists and is not a directory")
+        try:
+            ckpt.model_spec(model)
+        except TypeError:
+            raise TypeError(
+                "`checkpoint_dir` needs `model` to be a ScoreNetwork or SamplerOnly (the models "
+                f"rsnjax can checkpoint), got {type(model).__name__}") from None
 
     # --- the optimiser and the compiled chunk ------------------------------------------------
     base = optimizer if optimizer is not None else optax.adam(1e-3)
@@ -215,11 +268,11 @@ def fit(
         carry, losses = jax.lax.scan(one_step, (p, opt_state, sigma, level_key, data_in), (steps, batch_idx))
         return carry[0], carry[1], losses
 
-    def batch_indices(level: int, start: int) -> jax.Array:
+    def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
-            return jnp.zeros((chunk, 0), jnp.int32)
+            return jnp.zeros((length, 0), jnp.int32)
         rows = []
-        for g in range(start, start + chunk):
+        for g in range(start, start + length):
             epoch, pos = divmod(g, steps_per_epoch)
             perm = perms.get((level, epoch))
             if perm is None:
@@ -245,18 +298,33 @@ def fit(
     }
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path.exists():
+        name = repr(str(ckpt_path))
+        header = ckpt.read_info(ckpt_path)
+        meta = header.get("metadata", {})
+        stored = meta.get("fit")
+        if not isinstance(stored, dict) or not isinstance(meta.get("level"), int) \
+                or not isinstance(meta.get("step"), int):
+            raise ckpt.CheckpointError(
+                f"checkpoint {name} was not written by `fit` (no training position in its header)")
+        if header["model"] != ckpt.model_spec(model):
+            raise ckpt.CheckpointError(
+                f"checkpoint {name} holds a {_describe_spec(header['model'])}, but `model` is a "
+                f"{_describe_spec(ckpt.model_spec(model))}; resume needs the same model")
+        if header.get("dtype") != str(dtype):
+            raise ckpt.CheckpointError(
+                f"checkpoint {name} holds {header.get('dtype')} weights, but `model` has {dtype} weights")
+        if stored != fingerprint:
+            diff = sorted(k for k in set(fingerprint) | set(stored) if stored.get(k) != fingerprint.get(k))
+            raise ckpt.CheckpointError(
+                f"checkpoint {name} was written by a different fit configuration "
+                f"(differs in: {', '.join(diff)}); resume needs the same key, schedule and data")
+        if not (0 <= meta["level"] <= num_levels and 0 <= meta["step"] < steps_per_level):
+            raise ckpt.CheckpointError(
+                f"checkpoint {name} is at level {meta['level']}, step {meta['step']}, outside this "
+                f"schedule ({num_levels} levels of {steps_per_level} steps)")
         model_loaded, extra, header = ckpt.load_with_extra(
             ckpt_path, {"opt_state": opt_state, "loss": jnp.zeros(total)})
-        meta = header["metadata"]
-        if meta.get("fit") != fingerprint:
-            diff = sorted(k for k in fingerprint if meta.get("fit", {}).get(k) != fingerprint[k])
-            raise ckpt.CheckpointError(
-                f"checkpoint {str(ckpt_path)!r} was written by a different fit configuration "
-                f"(differs in: {', '.join(diff)}); resume needs the same key, schedule and data")
-        params, static_loaded = eqx.partition(model_loaded, eqx.is_inexact_array)
-        if jax.tree_util.tree_structure(static_loaded) != jax.tree_util.tree_structure(static) or \
-                jax.tree_util.tree_map(jnp.shape, params) != jax.tree_util.tree_map(jnp.shape, eqx.partition(model, eqx.is_inexact_array)[0]):
-            raise ckpt.CheckpointError(f"checkpoint {str(ckpt_path)!r} holds a different model than `model`")
+        params = eqx.partition(model_loaded, eqx.is_inexact_array)[0]
         opt_state = extra["opt_state"]
         loss_hist = np.asarray(extra["loss"], dtype=np.float64)
         start_level, start_step = meta["level"], meta["step"]
@@ -291,9 +359,11 @@ def fit(
                 if max_chunks is not None and chunks_run >= max_chunks:
                     save_checkpoint(level, step)
                     return eqx.combine(params, static), History(loss_hist, level_hist, sigmas)
-                steps = jnp.arange(step, step + chunk, dtype=jnp.int32)
+                # A run resumed with another chunk size first realigns to a chunk boundary.
+                length = chunk - step % chunk
+                steps = jnp.arange(step, step + length, dtype=jnp.int32)
                 new_params, new_opt, losses = run_chunk(
-                    params, opt_state, sigma, level_key, data_in, steps, batch_indices(level, step))
+                    params, opt_state, sigma, level_key, data_in, steps, batch_indices(level, step, length))
                 losses = np.asarray(losses)
                 g0 = level * steps_per_level + step
                 if not np.all(np.isfinite(losses)):
@@ -307,12 +377,12 @@ def fit(
                         model=eqx.combine(params, static),
                         history=History(loss_hist, level_hist, sigmas), level=level, step=step + bad)
                 params, opt_state = new_params, new_opt
-                loss_hist[g0 : g0 + chunk] = losses
-                step += chunk
+                loss_hist[g0 : g0 + length] = losses
+                step += length
                 chunks_run += 1
-                since_ckpt += chunk
+                since_ckpt += length
                 if bar is not None:
-                    bar.update(chunk)
+                    bar.update(length)
                     bar.set_postfix(level=f"{level + 1}/{num_levels}", sigma=f"{sigmas[level]:.3g}",
                                     loss=f"{losses.mean():.4g}")
                 if checkpoint_every is not None and since_ckpt >= checkpoint_every and step < steps_per_level:
