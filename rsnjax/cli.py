@@ -293,11 +293,19 @@ def build_parser() -> argparse.ArgumentParser:
         "reproduce", formatter_class=_Formatter, help="reproduce an experiment of the paper",
         description="Run a named experiment of the paper with rsnjax.experiments.run.",
         epilog="example:\n  rsnjax reproduce double-peak --preset quick --out results/dp")
-    p.add_argument("name", nargs="?", type=_text, default=None, help="experiment name")
-    p.add_argument("--preset", choices=("quick", "paper"), default="quick",
-                   help="quick: minutes on a laptop; paper: the paper's sizes")
+    p.add_argument("name", nargs="?", type=_text, default=None,
+                   help="experiment name (double-peak, laplace-x, mnist)")
+    p.add_argument("--preset", type=_text, default="quick",
+                   help="quick: about a minute on 2 CPU cores; paper: the paper's sizes (tiny: "
+                        "seconds, for tests)")
     p.add_argument("--out", type=_text, default=None, metavar="DIR",
-                   help="output directory (default: results/NAME-PRESET)")
+                   help="output directory (default: results/NAME-PRESET, or a fresh -2, -3, ... "
+                        "when that one holds files)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
+    p.add_argument("--data-dir", type=_text, default=None, metavar="DIR",
+                   help="mnist only: a directory with the MNIST IDX files")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress bars (default: when stderr is a terminal)")
     _common(p)
     subs["reproduce"] = p
 
@@ -838,25 +846,46 @@ def _lazy_module(name: str, command: str):
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     name = _require(args.name, "an experiment name", "reproduce")
-    out = Path(args.out) if args.out is not None else Path("results") / f"{name}-{args.preset}"
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise CLIError(f"refusing to write into the non-empty directory {str(out)!r}: pass "
-                       "--overwrite to replace its results", EXIT_EXISTS)
+    out = Path(args.out) if args.out is not None else None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out {str(out)!r} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+            raise CLIError(f"refusing to write into the non-empty directory {str(out)!r}: pass "
+                           "--overwrite to replace its results", EXIT_EXISTS)
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise CLIError(f"--data-dir {args.data_dir!r} is not a directory")
     experiments = _lazy_module("rsnjax.experiments", "reproduce")
     run = getattr(experiments, "run", None)
     if not callable(run):
         raise CLIError("rsnjax.experiments has no run() function", EXIT_FAILURE)
-    result = run(name, preset=args.preset, out_dir=out)
-    if isinstance(result, dict) and result:
-        try:
-            from .metrics import format_table
+    # Pass the optional settings that this version of run() accepts.
+    import inspect
 
-            print(format_table(result), end="")
-        except (ImportError, TypeError, ValueError):
-            print(json.dumps(_jsonable(result), indent=2, default=str))
-    print(f"results in {str(out)!r}")
+    optional = {"overwrite": args.overwrite, "seed": args.seed, "data_dir": args.data_dir,
+                "progress": args.progress}
+    try:
+        accepted = inspect.signature(run).parameters
+        optional = {k: v for k, v in optional.items() if k in accepted}
+    except (TypeError, ValueError):
+        optional = {}
+    try:
+        result = run(name, preset=args.preset, out_dir=out, **optional)
+    except FileExistsError as err:
+        raise CLIError(f"{err} (pass --overwrite)", EXIT_EXISTS) from None
+    where = out
+    if isinstance(result, dict):
+        where = result.get("out_dir", out)
+        if isinstance(result.get("table"), str):
+            print(result["table"].rstrip("\n"))
+        else:
+            scalars = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if scalars:
+                from .metrics import format_table
+
+                print(format_table(scalars), end="")
+    if where is not None:
+        print(f"results in {str(where)!r}")
     return EXIT_OK
 
 
@@ -891,7 +920,10 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     entry = getattr(demo, "main", None)
     if not callable(entry):
         raise CLIError("rsnjax.demo has no main() function", EXIT_FAILURE)
-    code = entry(extra)
+    try:
+        code = entry(extra)
+    except SystemExit as exit_:  # the demo's own argparse (--help, usage errors)
+        code = exit_.code if isinstance(exit_.code, int) else (EXIT_OK if exit_.code is None else EXIT_USAGE)
     return int(code) if isinstance(code, int) else EXIT_OK
 
 

@@ -327,11 +327,18 @@ def test_reproduce_and_demo_lazy_imports(tmp_path, capsys, monkeypatch):
     assert_one_line_error(err, "needs rsnjax.experiments")
     calls = []
     fake = types.ModuleType("rsnjax.experiments")
-    fake.run = lambda name, preset, out_dir: calls.append((name, preset, Path(out_dir))) or {"mmd2": 0.5}
+
+    def fake_run(name, *, preset, out_dir, seed=0):
+        calls.append((name, preset, Path(out_dir), seed))
+        return {"out_dir": str(out_dir), "table": "| model | mmd2 |\n|---|---|\n| rsn | 0.5 |\n"}
+
+    fake.run = fake_run
     monkeypatch.setitem(sys.modules, "rsnjax.experiments", fake)
-    code, out, err = run_cli(capsys, "reproduce", "ring", "--preset", "paper", "--out", tmp_path / "r")
+    code, out, err = run_cli(capsys, "reproduce", "ring", "--preset", "paper", "--out", tmp_path / "r",
+                             "--seed", 2)
     assert code == 0, err
-    assert calls == [("ring", "paper", tmp_path / "r")] and "mmd2" in out
+    assert calls == [("ring", "paper", tmp_path / "r", 2)]  # only the options run() accepts
+    assert "| rsn | 0.5 |" in out and str(tmp_path / "r") in out
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "old.json").write_text("{}")
     code, _, err = run_cli(capsys, "reproduce", "ring", "--out", tmp_path / "r")
@@ -346,6 +353,12 @@ def test_reproduce_and_demo_lazy_imports(tmp_path, capsys, monkeypatch):
     demo.main = lambda argv: 0 if argv == ["--fast", "--help"] else 5
     monkeypatch.setitem(sys.modules, "rsnjax.demo", demo)
     assert cli.main(["demo", "--fast", "--", "--help"]) == 0
+
+    def demo_with_argparse(argv):
+        raise SystemExit(2)  # what argparse does on a usage error
+
+    demo.main = demo_with_argparse
+    assert cli.main(["demo", "--bad"]) == 2
 
 
 def test_bench_passes_arguments_and_exit_status(tmp_path, capsys):
