@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._validation import check_array, check_int, check_positive
+from ._validation import check_array, check_int, check_key, check_positive
 
 __all__ = ["geometric_sigmas", "dsm_loss", "dsm_loss_with_noise"]
 
@@ -69,7 +69,10 @@ def dsm_loss(
 
     **Returns:** a scalar.
     """
+    if not callable(score_fn):
+        raise TypeError(f"`score_fn` must be a callable (a model or function), got {type(score_fn).__name__}")
     x = check_array(x, "x", ndim=2)
     sigma = check_positive(sigma, "sigma")
+    key = check_key(key)
     noise = jax.random.normal(key, x.shape, x.dtype)
     return dsm_loss_with_noise(score_fn, x, noise, sigma)

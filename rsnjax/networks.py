@@ -29,6 +29,8 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 def get_activation(name: str) -> Callable[[Array], Array]:
     """The function φ called ``name`` (one of `ACTIVATIONS`)."""
     try:
+        if not isinstance(name, str):
+            raise TypeError
         return ACTIVATIONS[name]
     except (KeyError, TypeError):
         raise ValueError(
@@ -121,7 +123,7 @@ class SamplerOnly(eqx.Module):
         key: PRNGKeyArray,
     ):
         dim = check_int(dim, "dim")
-        if dynamics not in ("synaptic_current", "firing_rate"):
+        if not isinstance(dynamics, str) or dynamics not in ("synaptic_current", "firing_rate"):
             raise ValueError(
                 f"`dynamics` must be 'synaptic_current' or 'firing_rate', got {dynamics!r}"
             )

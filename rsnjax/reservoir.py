@@ -68,6 +68,8 @@ class ReservoirSampler(eqx.Module):
     def __init__(self, W_out, W_in, I, *, activation: str = "relu", tau: float = 1.0, noise_map=None):
         W_out = check_array(W_out, "W_out", ndim=2)
         d, n = W_out.shape
+        if d < 1:
+            raise ValueError(f"`W_out` must have at least one row (output), got shape {tuple(W_out.shape)}")
         if n < d:
             raise RankDeficientReadoutError(
                 f"`W_out` has shape {tuple(W_out.shape)}: a readout needs at least as many "

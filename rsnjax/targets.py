@@ -54,8 +54,20 @@ class Target(eqx.Module):
         return check_array(x, name, dim=self.dim, finite=False)
 
 
+def _as_float64(value, name: str) -> np.ndarray:
+    if isinstance(value, (str, bytes, dict, set)) or value is None:
+        raise TypeError(f"`{name}` must be a real-valued array, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+        if np.iscomplexobj(arr) or arr.dtype == np.bool_ or arr.dtype == object:
+            raise TypeError
+        return arr.astype(np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a real-valued array, got {type(value).__name__}") from None
+
+
 def _as_covariances(covariances, num: int, dim: int) -> np.ndarray:
-    cov = np.asarray(covariances, dtype=np.float64)
+    cov = _as_float64(covariances, "covariances")
     if cov.ndim == 0:
         cov = np.broadcast_to(cov * np.eye(dim), (num, dim, dim))
     elif cov.ndim == 1 and cov.shape[0] == num:
@@ -78,8 +90,12 @@ def _as_covariances(covariances, num: int, dim: int) -> np.ndarray:
 
 def _as_weights(weights, num: int) -> np.ndarray:
     if weights is None:
+        if num < 1:
+            raise ValueError("a mixture needs at least one component")
         return np.full(num, 1.0 / num)
-    w = np.asarray(weights, dtype=np.float64)
+    if num < 1:
+        raise ValueError("a mixture needs at least one component")
+    w = _as_float64(weights, "weights")
     if w.shape != (num,):
         raise ValueError(f"`weights` must have shape ({num},), got {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
@@ -205,6 +221,10 @@ def ring_of_gaussians(num_modes: int = 8, radius: float = 2.0, std: float = 0.3)
     num_modes = check_int(num_modes, "num_modes")
     radius = check_positive(radius, "radius")
     std = check_positive(std, "std")
+    if not radius < 1e100:
+        raise ValueError(f"`radius` must be below 1e100, got {radius}")
+    if not 1e-100 < std < 1e100:
+        raise ValueError(f"`std` must lie in (1e-100, 1e100) so that std² is a usable variance, got {std}")
     angles = 2 * np.pi * np.arange(num_modes) / num_modes
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     return GaussianMixture(means, std**2)
@@ -258,7 +278,7 @@ class LaplaceMixture(Target):
     def __init__(self, correlations, weights=None, *, scale: float = 1.0 / math.sqrt(2.0)):
         r = np.asarray(check_array(correlations, "correlations", ndim=3), dtype=np.float64)
         num, dim, dim2 = r.shape
-        if dim != dim2:
+        if num < 1 or dim < 1 or dim != dim2:
             raise ValueError(f"`correlations` must have shape (K, dim, dim), got {r.shape}")
         if not np.allclose(np.diagonal(r, axis1=1, axis2=2), 1.0):
             raise ValueError("`correlations` must have unit diagonals (they are correlation matrices)")

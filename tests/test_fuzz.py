@@ -43,36 +43,11 @@ def documented(fn, *args, **kwargs):
 
 #: (case, argument) whose bad values raise a documented exception type whose message does not
 #: name the argument.
-KNOWN_UNNAMED = {
-    # dsm.py:dsm_loss: `key` is not passed through check_key → JAX's own "invalid PRNG key data" /
-    # "unexpected PRNG key type" TypeError; `score_fn` is not checked to be callable.
-    ("dsm_loss", "key"), ("dsm_loss", "score_fn"),
-    # targets.py:_as_covariances/_as_weights: np.asarray(..., float64) errors ("could not convert
-    # string to float", "float() argument must be ...", inhomogeneous shape) escape unnamed.
-    ("GaussianMixture", "covariances"), ("GaussianMixture", "weights"),
-    # targets.py:ring_of_gaussians: radius=1e300 → "`means` contains NaN"; std=1e-300 →
-    # "`covariances` must be positive definite" (the internal names, not the arguments).
-    ("ring_of_gaussians", "radius"), ("ring_of_gaussians", "std"),
-    # sampling.py:sample and networks.py:SamplerOnly: an array given for a string option
-    # (`init`, `backend`, `on_nonfinite`, `dynamics`) reaches `x not in (...)` → numpy's "truth
-    # value of an array is ambiguous" ValueError.
-    ("sample", "init"), ("sample", "backend"), ("sample", "on_nonfinite"), ("SamplerOnly", "dynamics"),
-    # reservoir.py:ReservoirSampler: an empty W_out of shape (0, n) is accepted and the error
-    # names `W_in` ("must have shape (0, 0)").
-    ("ReservoirSampler", "W_out"),
-}
+KNOWN_UNNAMED: set = set()  # every public argument is named in its error (fixed after the first fuzz run)
 
 
 def known_crash(case: str, kwargs: dict) -> bool:
-    """Inputs that raise an *undocumented* exception in another engineer's file (reported)."""
-    if case == "ring_of_gaussians":
-        # targets.py:ring_of_gaussians(std=1e300): OverflowError from `std**2` (a Python float).
-        std = kwargs.get("std")
-        return isinstance(std, float) and abs(std) > 1e150
-    if case == "LaplaceMixture":
-        # targets.py:LaplaceMixture(np.zeros((0, 0, 0))): ZeroDivisionError in _as_weights (K = 0).
-        shape = np.shape(kwargs.get("correlations")) if isinstance(kwargs.get("correlations"), np.ndarray) else ()
-        return len(shape) == 3 and 0 in shape
+    """Inputs that raise an undocumented exception (none left; kept as the place to list them)."""
     return False
 
 
