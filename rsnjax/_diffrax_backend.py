@@ -1,25 +1,67 @@
 """The diffrax backend of `rsnjax.sample`: the same SDE solved by `diffrax.diffeqsolve`.
 
-Euler's method with an `UnsafeBrownianPath` (fixed steps, no Brownian tree: cheap, and enough since
-nothing is differentiated through the solve) and `ForwardMode` adjoint, which `UnsafeBrownianPath`
-requires. The state is the whole block ``(block, state_dim)``; the Brownian motion is
-d-dimensional per chain ``(block, dim)`` and enters through the SDE's own noise map, so a
+Euler's method with constant steps, `ForwardMode` adjoint (nothing is differentiated through the
+solve) and a Brownian path that hands diffrax the sampler's own per-chain noise (`step_noise`):
+the solve runs in units of steps (t = 0, 1, 2, ... with dt = 1, drift scaled by the step size h
+and noise by √h, i.e. dy = h·b(y) ds + √h·g(y) dW_s), so the path knows the step index exactly
+and chain c's increment at step t is the same standard normal the scan backend uses. The diffrax
+backend therefore reproduces the scan backend's samples up to floating-point rounding and, like it,
+does not depend on the block size or the number of devices. The state is the whole block
+``(block, state_dim)``; the d-dimensional noise enters through the SDE's own noise map, so a
 reservoir's N-dimensional noise is never formed as a dense matrix product.
 """
 
 from __future__ import annotations
 
+import math
+
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
+
+from .sampling import step_noise
+
+#: float32 times count steps exactly up to 2²⁴.
+MAX_STEPS_FLOAT32_TIME = 2**24
+
+
+class _ChainNoisePath(diffrax.AbstractBrownianPath):
+    """W(s₁) − W(s₀) for s in steps: chain c's standard normal of step ⌊s₀⌉ (times √(s₁ − s₀),
+    which is 1 for the unit steps the backend takes)."""
+
+    key_words: Array
+    dim: int = eqx.field(static=True)
+    dtype: jnp.dtype = eqx.field(static=True)
+    levy_area: type = eqx.field(static=True, default=diffrax.BrownianIncrement)
+
+    @property
+    def t0(self):
+        return -jnp.inf
+
+    @property
+    def t1(self):
+        return jnp.inf
+
+    def evaluate(self, t0, t1=None, left=True, use_levy=False):
+        del left
+        if t1 is None:
+            raise NotImplementedError("the sampler's noise path only provides increments")
+        step = jnp.round(t0).astype(jnp.uint32)
+        w = step_noise(self.key_words, step, self.dim, self.dtype)
+        w = w * jnp.sqrt(jnp.asarray(t1 - t0, self.dtype))
+        if use_levy:
+            return diffrax.BrownianIncrement(dt=t1 - t0, W=w)
+        return w
 
 
 class _NoiseTerm(diffrax.AbstractTerm):
-    """g(y) dW with g applied as the SDE's `diffusion` map (a matrix-free control term)."""
+    """√h · g(y) dW with g applied as the SDE's `diffusion` map (a matrix-free control term)."""
 
     sde: eqx.Module
     path: diffrax.AbstractBrownianPath
+    scale: float = eqx.field(static=True)
 
     def vf(self, t, y, args):
         return y  # unused: `prod` needs only the control
@@ -28,27 +70,33 @@ class _NoiseTerm(diffrax.AbstractTerm):
         return self.path.evaluate(t0, t1, **kwargs)
 
     def prod(self, vf, control):
-        return self.sde.diffusion(control)
+        return self.scale * self.sde.diffusion(control)
 
     def vf_prod(self, t, y, args, control):
-        return self.sde.diffusion(control)
+        return self.scale * self.sde.diffusion(control)
 
 
-def solve_block(sde, r0, key, *, step_size, burn_in, num_steps, save_every, dtype):
-    """Simulate one block of chains; returns ``((final_state, nonfinite_step), trajectory)``
-    with the same layout as the scan backend."""
-    block = r0.shape[0]
+def solve_block(sde, r0, key_words, *, step_size, burn_in, num_steps, save_every, dtype):
+    """Simulate one block of chains (noise key words ``(block, 2)`` from `chain_key_words`);
+    returns ``((final_state, nonfinite_step), trajectory)`` with the same layout as the scan
+    backend."""
     total = burn_in + num_steps
-    t1 = total * step_size
-    path = diffrax.UnsafeBrownianPath(shape=jax.ShapeDtypeStruct((block, sde.dim), dtype), key=key)
-    terms = diffrax.MultiTerm(diffrax.ODETerm(lambda t, y, args: sde.drift(y)), _NoiseTerm(sde, path))
+    if total >= MAX_STEPS_FLOAT32_TIME and jnp.dtype(jnp.result_type(float)) != jnp.float64:
+        raise ValueError(f"backend='diffrax' counts steps in float32 time, exact up to "
+                         f"{MAX_STEPS_FLOAT32_TIME} steps; got burn_in + num_steps = {total}. "
+                         "Use backend='scan' or enable jax_enable_x64.")
+    sde = sde.stepper()
+    h = jnp.asarray(step_size, dtype)
+    path = _ChainNoisePath(key_words, sde.dim, jnp.dtype(dtype))
+    terms = diffrax.MultiTerm(diffrax.ODETerm(lambda t, y, args: h * sde.drift(y)),
+                              _NoiseTerm(sde, path, math.sqrt(step_size)))
     subs = [diffrax.SubSaveAt(t1=True)]
     if save_every is not None:
         num_saved = num_steps // save_every
-        ts = jnp.asarray((burn_in + save_every * jnp.arange(1, num_saved + 1)) * step_size, dtype)
+        ts = jnp.asarray(burn_in + save_every * jnp.arange(1, num_saved + 1), jnp.result_type(float))
         subs.append(diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: sde.readout(y)))
     sol = diffrax.diffeqsolve(
-        terms, diffrax.Euler(), t0=0.0, t1=t1, dt0=step_size, y0=r0,
+        terms, diffrax.Euler(), t0=0.0, t1=float(total), dt0=1.0, y0=r0,
         saveat=diffrax.SaveAt(subs=subs), stepsize_controller=diffrax.ConstantStepSize(),
         adjoint=diffrax.ForwardMode(), max_steps=total + 1, throw=False,
     )

@@ -16,6 +16,9 @@ Each SDE exposes ``euler_maruyama_step(state, noise, step_size)`` — one fused 
 for a batch of chains ``(num_chains, state_dim)`` given standard-normal ``noise``
 ``(num_chains, dim)`` — and returns the readout of the *incoming* state as well, which the runner
 uses to detect chains that stopped being finite without a second pass over the state.
+``stepper()`` returns the object whose ``euler_maruyama_step`` the sampler's loop calls; it is
+evaluated once, outside the loop, so an SDE can lay out its weights for the step there (the
+reservoir stores its rank-d factors as contiguous rows, see `low_rank_apply_rows`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from jaxtyping import Array, Float
 from .networks import get_activation
 from .reservoir import ReservoirSampler
 
-__all__ = ["CircuitSDE", "OutputLangevin", "ReservoirLangevin", "low_rank_apply"]
+__all__ = ["CircuitSDE", "OutputLangevin", "ReservoirLangevin", "low_rank_apply", "low_rank_apply_rows"]
 
 
 def low_rank_apply(x: Float[Array, "batch k"], W: Float[Array, "n k"]) -> Float[Array, "batch n"]:
@@ -45,6 +48,21 @@ def low_rank_apply(x: Float[Array, "batch k"], W: Float[Array, "n k"]) -> Float[
     out = x[..., 0:1] * W[:, 0]
     for j in range(1, k):
         out = out + x[..., j : j + 1] * W[:, j]
+    return out
+
+
+def low_rank_apply_rows(x: Float[Array, "batch k"], rows: Float[Array, "k n"]) -> Float[Array, "batch n"]:
+    """``x @ rows`` for a small inner dimension k, as k broadcast multiply-adds over contiguous rows.
+
+    The same as ``low_rank_apply(x, rows.T)``; with the factor stored as ``(k, n)`` rows the fused
+    loop reads each row with unit stride (a ``(n, k)`` column would be de-interleaved by shuffles).
+    """
+    k = x.shape[-1]
+    if k > 8:
+        return x @ rows
+    out = x[..., 0:1] * rows[0]
+    for j in range(1, k):
+        out = out + x[..., j : j + 1] * rows[j]
     return out
 
 
@@ -73,6 +91,11 @@ class CircuitSDE(eqx.Module):
         """``state + drift·h + diffusion(noise)·√h`` and the readout of the incoming state."""
         new = state + step_size * self.drift(state) + jnp.sqrt(step_size) * self.diffusion(noise)
         return new, self.readout(state)
+
+    def stepper(self) -> "CircuitSDE":
+        """The object whose ``euler_maruyama_step`` and ``readout`` a sampler's loop calls
+        (called once, outside the loop). Default: the SDE itself."""
+        return self
 
 
 class OutputLangevin(CircuitSDE):
@@ -165,11 +188,54 @@ class ReservoirLangevin(CircuitSDE):
     def euler_maruyama_step(self, state, noise, step_size):
         if self.skew is not None:
             return super().euler_maruyama_step(state, noise, step_size)
-        # One fused pass: r' = (1 − h/τ) r + (h/τ) φ(W_in x + I) + √(h/τ) · √2 A⁺ ξ.
+        return self.stepper().euler_maruyama_step(state, noise, step_size)
+
+    def stepper(self) -> CircuitSDE:
+        if self.skew is not None:
+            return self
         res = self.reservoir
-        phi = get_activation(res.activation)
+        return _ReservoirStep(res.W_out, res.W_in.T, res.I, res.noise_map.T, tau=res.tau,
+                              activation=res.activation)
+
+
+class _ReservoirStep(CircuitSDE):
+    """The reservoir's Euler–Maruyama step as one fused pass over the state, with the rank-d
+    factors stored as contiguous ``(d, N)`` rows:
+
+        x = W_out r,   r' = (1 − a) r + √a · (√2 A⁺ ξ) + a · φ(W_in x + I),   a = h/τ.
+    """
+
+    W_out: Float[Array, "dim hidden"]
+    in_rows: Float[Array, "dim hidden"]
+    I: Float[Array, " hidden"]
+    noise_rows: Float[Array, "dim hidden"]
+    tau: float = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    @property
+    def dim(self) -> int:
+        return self.W_out.shape[0]
+
+    @property
+    def state_dim(self) -> int:
+        return self.W_out.shape[1]
+
+    def readout(self, state):
+        return state @ self.W_out.T
+
+    def drift(self, state):
+        phi = get_activation(self.activation)
+        return (phi(low_rank_apply_rows(self.readout(state), self.in_rows) + self.I) - state) / self.tau
+
+    def diffusion(self, noise):
+        return low_rank_apply_rows(noise, self.noise_rows) / math.sqrt(self.tau)
+
+    def euler_maruyama_step(self, state, noise, step_size):
+        phi = get_activation(self.activation)
         x = self.readout(state)
-        a = step_size / res.tau
-        pre = low_rank_apply(x, res.W_in) + res.I
-        new = (1.0 - a) * state + a * phi(pre) + low_rank_apply(jnp.sqrt(a) * noise, res.noise_map)
+        a = step_size / self.tau
+        # the per-chain scalars (√a ξ) are formed first, so each element costs d + d + 2 fused
+        # multiply-adds besides φ
+        base = (1.0 - a) * state + low_rank_apply_rows(jnp.sqrt(a) * noise, self.noise_rows)
+        new = base + a * phi(low_rank_apply_rows(x, self.in_rows) + self.I)
         return new, x
