@@ -37,11 +37,11 @@ __all__ = ["sample", "SampleResult", "SimulationDivergedError", "as_sde", "skew_
 # --- per-chain, per-step Gaussian noise -----------------------------------------------------------
 #
 # Chain c's noise at step t is a pure function of (key, c, t): the chain's two key words
-# k_c = bits(fold_in(key, c)) (drawn once per run) and the Threefry-2x32 hash of the counter
-# (t, j), j = 0, 1, ...; each hash gives two 32-bit words, i.e. two float32 normals (one float64
-# normal). The result does not depend on how chains are grouped into blocks or devices, and the
-# hash is written out so that XLA fuses it into the step (jax's own CPU lowering of threefry is a
-# rolled loop of small kernels, which cost ~15 % of a reservoir step).
+# k_c = bits(fold_in(key, c)) (drawn once per run) and, for component j, the Threefry-2x32 hash of
+# the counter (t, j). The result does not depend on how chains are grouped into blocks or devices,
+# and the hash is written out so that XLA fuses it into one vectorised loop (jax's own CPU lowering
+# of threefry is a rolled loop of small kernels, and `jax.vmap` of per-chain `fold_in`/`normal`
+# costs 2–3 hashes per chain and step: ~15 % of a reservoir step, most of a small circuit's step).
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
@@ -76,21 +76,24 @@ def _erfinv_normal(bits_to_unit, dtype):
 
 def step_noise(key_words, step, dim: int, dtype) -> jax.Array:
     """Standard-normal noise ``(num_chains, dim)`` of step ``step`` for chains with key words
-    ``key_words`` ``(num_chains, 2)`` (see `chain_key_words`)."""
+    ``key_words`` ``(num_chains, 2)`` (see `chain_key_words`).
+
+    Component j of chain c is √2·erf⁻¹(2u − 1) with u uniform from the Threefry-2x32 hash of the
+    counter (step, j) under chain c's key (the first 32-bit word for float32, both words for
+    float64). One elementwise expression over ``(num_chains, dim)``: XLA vectorises it (a
+    concatenation of per-component pieces would not be).
+    """
     dtype = jnp.dtype(dtype)
     k0, k1 = key_words[:, 0:1], key_words[:, 1:2]
     t = jnp.asarray(step, jnp.uint32)
+    j = jnp.arange(dim, dtype=jnp.uint32)[None, :]
+    hi, lo = _threefry2x32(k0, k1, t, j)
     if dtype == jnp.float64:
-        j = jnp.arange(dim, dtype=jnp.uint32)[None, :]
-        hi, lo = _threefry2x32(k0, k1, t, j)
         bits = (hi.astype(jnp.uint64) << jnp.uint64(32)) | lo.astype(jnp.uint64)
         one = jnp.uint64(0x3FF0000000000000)
         unit = jax.lax.bitcast_convert_type((bits >> jnp.uint64(12)) | one, jnp.float64) - 1.0
         return _erfinv_normal(unit, jnp.float64)
-    j = jnp.arange(-(-dim // 2), dtype=jnp.uint32)[None, :]
-    a, b = _threefry2x32(k0, k1, t, j)
-    bits = jnp.stack([a, b], axis=-1).reshape(a.shape[0], -1)[:, :dim]
-    unit = jax.lax.bitcast_convert_type((bits >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
+    unit = jax.lax.bitcast_convert_type((hi >> jnp.uint32(9)) | jnp.uint32(0x3F800000), jnp.float32) - 1.0
     return _erfinv_normal(unit, jnp.float32).astype(dtype)
 
 
@@ -249,16 +252,17 @@ def configure_cpu(num_devices: int | None = None, *, vector_width: int | None = 
     return {"num_devices": num_devices, "xla_flags": flags}
 
 
-#: Upper end of the default block: the state of 1024 reservoir chains of N = 1000 (4 MB in
-#: float32) stays in the last-level cache and amortises the per-step overhead (~10 µs).
-DEFAULT_BLOCK_CHAINS = 1024
-DEFAULT_BLOCK_BYTES = 8 * 2**20
+#: Bytes a block of chains may touch per step: 1024 reservoir chains of N = 1000 in float32 (4 MB)
+#: stay in the last-level cache, and a block is large enough to amortise the fixed cost of a step
+#: (~10 µs of kernel launches), which for small circuits (d = 2 units) takes tens of thousands of chains.
+DEFAULT_BLOCK_BYTES = 4 * 2**20
 
 
-def default_block_size(chains_per_device: int, state_dim: int, itemsize: int = 4) -> int:
-    """The block `sample` uses when `block_size` is not given: at most 1024 chains and at most
-    8 MB of state, split evenly so that padding is at most one chain per block."""
-    cap = max(16, min(DEFAULT_BLOCK_CHAINS, DEFAULT_BLOCK_BYTES // max(1, state_dim * itemsize)))
+def default_block_size(chains_per_device: int, floats_per_chain: int, itemsize: int = 4) -> int:
+    """The block `sample` uses when `block_size` is not given: as many chains as touch at most
+    4 MB per step (``floats_per_chain`` numbers each; at least 16 chains), split evenly so that
+    padding is at most one chain per block."""
+    cap = max(16, DEFAULT_BLOCK_BYTES // max(1, floats_per_chain * itemsize))
     num_blocks = -(-chains_per_device // cap)
     return -(-chains_per_device // num_blocks)
 
@@ -321,8 +325,9 @@ def sample(
       floating-point rounding).
     - `on_nonfinite`: ``"raise"`` a `SimulationDivergedError` naming the chains and steps, or
       ``"flag"`` them in ``nonfinite_step`` and return.
-    - `block_size`: chains simulated together per block (default: `default_block_size`, at most
-      1024 chains and 8 MB of state per block, split evenly). Results do not depend on it.
+    - `block_size`: chains simulated together per block (default: `default_block_size`, as many
+      as touch about 4 MB per step, e.g. 1024 reservoir chains of N = 1000, split evenly).
+      Results do not depend on it.
     - `unroll`: `lax.scan` unroll factor of the step loop.
     - `shard`: split chains over all local devices (default: when more than one is present);
       an int uses that many devices; False uses one.
@@ -363,7 +368,7 @@ def sample(
     if block_size is not None:
         block = min(check_int(block_size, "block_size"), per_device)
     else:
-        block = default_block_size(per_device, sde.state_dim, jnp.dtype(dtype).itemsize)
+        block = default_block_size(per_device, sde.floats_per_chain, jnp.dtype(dtype).itemsize)
     per_device = -(-per_device // block) * block
     padded = per_device * ndev
 

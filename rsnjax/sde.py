@@ -30,7 +30,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .networks import get_activation
+from .networks import ScoreNetwork, get_activation
 from .reservoir import ReservoirSampler
 
 __all__ = ["CircuitSDE", "OutputLangevin", "ReservoirLangevin", "low_rank_apply", "low_rank_apply_rows"]
@@ -97,6 +97,12 @@ class CircuitSDE(eqx.Module):
         (called once, outside the loop). Default: the SDE itself."""
         return self
 
+    @property
+    def floats_per_chain(self) -> int:
+        """About how many numbers one chain's step touches (its state and intermediates); the
+        sampler sizes its blocks of chains with it. Default: ``state_dim``."""
+        return self.state_dim
+
 
 class OutputLangevin(CircuitSDE):
     """Langevin dynamics dx = (I + S) s(x) dt/τ + √(2/τ) dB in the d-dimensional output space.
@@ -139,6 +145,55 @@ class OutputLangevin(CircuitSDE):
 
     def readout(self, state):
         return state
+
+    @property
+    def floats_per_chain(self) -> int:
+        return self.output_dim + int(getattr(self.score_fn, "hidden", 0) or 0)
+
+    def stepper(self) -> CircuitSDE:
+        if self.skew is None and isinstance(self.score_fn, ScoreNetwork):
+            net = self.score_fn
+            return _ScoreNetworkStep(net.A, net.B.T, net.b, tau=self.tau, activation=net.activation)
+        return self
+
+
+class _ScoreNetworkStep(CircuitSDE):
+    """Langevin on a `ScoreNetwork`'s score s(x) = −x + A φ(Bx + b) with the small-d input
+    product B x written as d broadcast multiply-adds over B's rows (fused with φ):
+
+        x' = x + a · s(x) + √(2a) ξ,   a = h/τ.
+    """
+
+    A: Float[Array, "dim hidden"]
+    in_rows: Float[Array, "dim hidden"]
+    b: Float[Array, " hidden"]
+    tau: float = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    @property
+    def dim(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def state_dim(self) -> int:
+        return self.A.shape[0]
+
+    def readout(self, state):
+        return state
+
+    def drift(self, state):
+        phi = get_activation(self.activation)
+        return (phi(low_rank_apply_rows(state, self.in_rows) + self.b) @ self.A.T - state) / self.tau
+
+    def diffusion(self, noise):
+        return math.sqrt(2.0 / self.tau) * noise
+
+    def euler_maruyama_step(self, state, noise, step_size):
+        a = step_size / self.tau
+        phi = get_activation(self.activation)
+        rates = phi(low_rank_apply_rows(state, self.in_rows) + self.b)
+        new = (1.0 - a) * state + a * (rates @ self.A.T) + jnp.sqrt(2.0 * a) * noise
+        return new, state
 
 
 class ReservoirLangevin(CircuitSDE):
