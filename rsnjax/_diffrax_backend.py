@@ -85,7 +85,6 @@ def solve_block(sde, r0, key_words, *, step_size, burn_in, num_steps, save_every
         raise ValueError(f"backend='diffrax' counts steps in float32 time, exact up to "
                          f"{MAX_STEPS_FLOAT32_TIME} steps; got burn_in + num_steps = {total}. "
                          "Use backend='scan' or enable jax_enable_x64.")
-    sde = sde.stepper()
     h = jnp.asarray(step_size, dtype)
     path = _ChainNoisePath(key_words, sde.dim, jnp.dtype(dtype))
     terms = diffrax.MultiTerm(diffrax.ODETerm(lambda t, y, args: h * sde.drift(y)),

@@ -371,6 +371,9 @@ def sample(
         block = default_block_size(per_device, sde.floats_per_chain, jnp.dtype(dtype).itemsize)
     per_device = -(-per_device // block) * block
     padded = per_device * ndev
+    # The form the loop runs (e.g. the reservoir's factors laid out as rows), made here, outside
+    # the compiled program: its arrays are then inputs that XLA need not re-lay out inside it.
+    sde = jax.block_until_ready(sde.stepper())
 
     k_init, k_chains = jax.random.split(key)
     state0 = _initial_state(sde, init, initial_state, k_init, num_chains, dtype)
@@ -461,7 +464,6 @@ def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, blo
 
     def em_block(sde, r0, ids, root):
         keys = chain_key_words(root, ids)
-        sde = sde.stepper()  # e.g. the reservoir's weights laid out as rows, once, outside the loop
 
         def step(carry, t):
             state, bad = carry

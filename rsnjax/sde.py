@@ -16,8 +16,8 @@ Each SDE exposes ``euler_maruyama_step(state, noise, step_size)`` — one fused 
 for a batch of chains ``(num_chains, state_dim)`` given standard-normal ``noise``
 ``(num_chains, dim)`` — and returns the readout of the *incoming* state as well, which the runner
 uses to detect chains that stopped being finite without a second pass over the state.
-``stepper()`` returns the object whose ``euler_maruyama_step`` the sampler's loop calls; it is
-evaluated once, outside the loop, so an SDE can lay out its weights for the step there (the
+``stepper()`` returns the object whose ``euler_maruyama_step`` the sampler's loop calls; `sample`
+calls it once, before compiling, so an SDE can lay out its weights for the step there (the
 reservoir stores its rank-d factors as contiguous rows, see `low_rank_apply_rows`).
 """
 
@@ -177,6 +177,10 @@ class _ScoreNetworkStep(CircuitSDE):
     @property
     def state_dim(self) -> int:
         return self.A.shape[0]
+
+    @property
+    def floats_per_chain(self) -> int:
+        return self.A.shape[0] + self.A.shape[1]
 
     def readout(self, state):
         return state
