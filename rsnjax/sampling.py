@@ -468,7 +468,7 @@ def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, blo
         def step(carry, t):
             state, bad = carry
             noise = step_noise(keys, t, sde.dim, dtype)
-            new, x = sde.euler_maruyama_step(state, noise, h)
+            new, x = sde.loop_step(state, noise, h)
             finite = jnp.all(jnp.isfinite(x), axis=-1)
             bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
             return (new, bad), None
@@ -477,24 +477,27 @@ def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, blo
             ts = start + jnp.arange(length, dtype=jnp.uint32)
             return jax.lax.scan(step, carry, ts, unroll=min(unroll, max(length, 1)))[0]
 
-        carry = (r0, jnp.full(r0.shape[:1], -1, jnp.int32))
+        carry = (sde.loop_state(r0), jnp.full(r0.shape[:1], -1, jnp.int32))
         if burn_in:
             carry = run(carry, 0, burn_in)
         if num_saved:
             def segment(c, s):
                 c = run(c, burn_in + s * save_every, save_every)
-                return c, sde.readout(c[0])
+                return c, sde.loop_readout(c[0])
             carry, traj = jax.lax.scan(segment, carry, jnp.arange(num_saved, dtype=jnp.uint32))
         else:
             carry = run(carry, burn_in, num_steps)
             traj = jnp.zeros((0,), dtype)
-        return carry, traj
+        # the samples are read out from the loop's form, as the trajectory is (bit-identical last entry)
+        return (sde.state_from_loop(carry[0]), carry[1]), traj, sde.loop_readout(carry[0])
 
     def diffrax_block(sde, r0, ids, root):
         from ._diffrax_backend import solve_block
 
-        return solve_block(sde, r0, chain_key_words(root, ids), step_size=step_size,
-                           burn_in=burn_in, num_steps=num_steps, save_every=save_every, dtype=dtype)
+        (state, bad), traj = solve_block(sde, r0, chain_key_words(root, ids), step_size=step_size,
+                                         burn_in=burn_in, num_steps=num_steps, save_every=save_every,
+                                         dtype=dtype)
+        return (state, bad), traj, sde.readout(state)
 
     simulate = em_block if backend == "scan" else diffrax_block
 
@@ -503,8 +506,7 @@ def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, blo
         blocks = (state0.reshape(n, block, -1), ids.reshape(n, block))
 
         def one(args):
-            (state, bad), traj = simulate(sde, args[0], args[1], root)
-            x = sde.readout(state)
+            (state, bad), traj, x = simulate(sde, args[0], args[1], root)
             last = jnp.uint32(burn_in + num_steps)
             bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(x), axis=-1), last.astype(jnp.int32), bad)
             return x, traj, (state if return_state else jnp.zeros((block, 0), dtype)), bad

@@ -103,6 +103,22 @@ class CircuitSDE(eqx.Module):
         sampler sizes its blocks of chains with it. Default: ``state_dim``."""
         return self.state_dim
 
+    # The sampler's loop may carry the state in another form (a pytree); by default the state itself.
+    def loop_state(self, state):
+        """The loop's form of ``state`` ``(batch, state_dim)``."""
+        return state
+
+    def loop_step(self, loop_state, noise, step_size):
+        """`euler_maruyama_step` on the loop's form: ``(new loop state, readout of the incoming)``."""
+        return self.euler_maruyama_step(loop_state, noise, step_size)
+
+    def loop_readout(self, loop_state):
+        return self.readout(loop_state)
+
+    def state_from_loop(self, loop_state):
+        """The state ``(batch, state_dim)`` back from the loop's form."""
+        return loop_state
+
 
 class OutputLangevin(CircuitSDE):
     """Langevin dynamics dx = (I + S) s(x) dt/τ + √(2/τ) dB in the d-dimensional output space.
@@ -253,23 +269,54 @@ class ReservoirLangevin(CircuitSDE):
         if self.skew is not None:
             return self
         res = self.reservoir
-        return _ReservoirStep(res.W_out, res.W_in.T, res.I, res.noise_map.T, tau=res.tau,
-                              activation=res.activation)
+        noise_rows = res.noise_map.T / math.sqrt(res.tau)
+        return _ReservoirStep(res.W_out, res.W_in.T, res.I, noise_rows, res.W_out @ noise_rows.T,
+                              tau=res.tau, activation=res.activation)
 
 
 class _ReservoirStep(CircuitSDE):
     """The reservoir's Euler–Maruyama step as one fused pass over the state, with the rank-d
     factors stored as contiguous ``(d, N)`` rows:
 
-        x = W_out r,   r' = (1 − a) r + √a · (√2 A⁺ ξ) + a · φ(W_in x + I),   a = h/τ.
+        x = W_out r,   r' = (1 − a) r + √h · G ξ + a · φ(W_in x + I),   a = h/τ,  G = √2 A⁺/√τ.
+
+    In the sampler's loop the state is carried as r = u + G c with G = √2 A⁺/√τ (``noise_rows``),
+    u ∈ ℝᴺ and c ∈ ℝᵈ:
+
+        u' = (1 − a) u + a · φ(W_in x + I),   c' = (1 − a) c + √h · ξ,   x = W_out u + (W_out G) c,
+
+    the same recursion split into its deterministic-input part and its noise part (which stays in
+    the d-dimensional range of the noise map), so the N-dimensional pass does no noise arithmetic.
+    r is formed from (u, c) at the end. Exact algebra; only the rounding differs.
     """
 
     W_out: Float[Array, "dim hidden"]
     in_rows: Float[Array, "dim hidden"]
     I: Float[Array, " hidden"]
     noise_rows: Float[Array, "dim hidden"]
+    out_noise: Float[Array, "dim dim"]  # W_out · noise_map (≈ √2 I)
     tau: float = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+
+    def loop_state(self, state):
+        return state, jnp.zeros(state.shape[:-1] + (self.dim,), state.dtype)
+
+    def loop_readout(self, loop_state):
+        u, c = loop_state
+        return u @ self.W_out.T + c @ self.out_noise.T
+
+    def state_from_loop(self, loop_state):
+        u, c = loop_state
+        return u + low_rank_apply_rows(c, self.noise_rows)
+
+    def loop_step(self, loop_state, noise, step_size):
+        phi = get_activation(self.activation)
+        u, c = loop_state
+        x = self.loop_readout(loop_state)
+        a = step_size / self.tau
+        new_u = (1.0 - a) * u + a * phi(low_rank_apply_rows(x, self.in_rows) + self.I)
+        new_c = (1.0 - a) * c + jnp.sqrt(step_size) * noise
+        return (new_u, new_c), x
 
     @property
     def dim(self) -> int:
@@ -287,14 +334,13 @@ class _ReservoirStep(CircuitSDE):
         return (phi(low_rank_apply_rows(self.readout(state), self.in_rows) + self.I) - state) / self.tau
 
     def diffusion(self, noise):
-        return low_rank_apply_rows(noise, self.noise_rows) / math.sqrt(self.tau)
+        return low_rank_apply_rows(noise, self.noise_rows)
 
     def euler_maruyama_step(self, state, noise, step_size):
         phi = get_activation(self.activation)
         x = self.readout(state)
         a = step_size / self.tau
-        # the per-chain scalars (√a ξ) are formed first, so each element costs d + d + 2 fused
-        # multiply-adds besides φ
-        base = (1.0 - a) * state + low_rank_apply_rows(jnp.sqrt(a) * noise, self.noise_rows)
+        # the per-chain scalars (√h ξ) are formed first; noise_rows holds √2 A⁺ / √τ
+        base = (1.0 - a) * state + low_rank_apply_rows(jnp.sqrt(step_size) * noise, self.noise_rows)
         new = base + a * phi(low_rank_apply_rows(x, self.in_rows) + self.I)
         return new, x
