@@ -1,0 +1,286 @@
+"""MNIST (or scikit-learn's 8×8 digits): SO-SC, SO-FR and an RSN on PCA coordinates of
+L2-normalised images (PAPER.md §4–§5).
+
+Pipeline: load the images (IDX files from ``data_dir``, else the bundled 8×8 digits for the
+``quick``/``tiny`` presets), scale each to unit L2 norm, hold out a random ``holdout_fraction`` of
+them, fit a PCA on the rest and train the three score models on the PCA coordinates. Sampling
+follows the paper: ``num_chains`` chains started near zero (r₀ ~ ``init_scale``·N(0, I); zero in
+PCA coordinates is the mean image), Euler–Maruyama, then inverse PCA.
+
+What is recorded: a 10×10 grid of generated images per model next to held-out data (figure
+``samples``), the DSM loss over training for all three (``loss``), and the numbers: MMD² and
+sliced W₂ between generated and held-out PCA coordinates, with the value for real training images
+(the noise floor at this sample size), and the DSM loss at σ_min on held-out images.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import datasets, fit, geometric_sigmas, metrics, plotting, sample
+from ..dsm import dsm_loss_with_noise
+from ..networks import SamplerOnly, ScoreNetwork
+from ..reservoir import ReservoirSampler
+from ._common import FAMILIES, Stopwatch, fmt, make_optimizer, markdown_table, pm, write_json
+
+NAME = "mnist"
+
+_PAPER = dict(
+    require_mnist=True,
+    split="auto",
+    max_images=None,
+    holdout_fraction=0.1,
+    pca_dim=300,
+    digits_pca_dim=30,
+    whiten=False,
+    hidden=20_000,
+    activation="relu",
+    sigma_max=1.0,
+    sigma_min=0.02,
+    num_levels=10,
+    epochs_per_level=100,
+    steps_per_level=None,
+    batch_size=64,
+    learning_rate=1e-3,
+    amsgrad=False,
+    lr_schedule="constant",
+    weight_decay=1e-3,
+    num_chains=100,
+    init_scale=0.01,
+    num_steps=30_000,
+    step_size=1e-6,
+    noise_floor_repeats=5,
+    figure_formats=("png", "pdf"),
+    figure_dpi=110,
+)
+
+#: The named settings. ``paper`` is PAPER.md §4–§5 (needs ``data_dir``; 1000 epochs in all, a
+#: GPU job). ``quick``: N = 1000, 1500 steps per level with the learning rate cosine-decayed within
+#: each level, 500 chains sampled to t = 0.3 (dt = 1e-4 × 3000 steps: at the paper's t = 0.03 the
+#: leading principal components, variance ≈ 0.05, have not relaxed); uses the 8×8 digits (PCA to
+#: 30) unless ``data_dir`` is given (then PCA to 300). ``tiny`` is for tests (seconds).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": _PAPER,
+    "quick": {**_PAPER, "require_mnist": False, "hidden": 1000, "epochs_per_level": None, "steps_per_level": 1500,
+              "lr_schedule": "cosine", "num_chains": 500, "num_steps": 3000, "step_size": 1e-4,
+              "noise_floor_repeats": 3},
+    "tiny": {**_PAPER, "require_mnist": False, "pca_dim": 10, "digits_pca_dim": 10, "hidden": 32, "num_levels": 2,
+             "epochs_per_level": None, "steps_per_level": 20, "num_chains": 100, "num_steps": 50,
+             "step_size": 1e-5, "noise_floor_repeats": 2, "figure_formats": ("png",), "figure_dpi": 50},
+}
+
+
+def load_data(config: dict, data_dir, *, key) -> dict:
+    """Load, L2-normalise, split and PCA-project the images.
+
+    **Returns:** a dict with ``train`` and ``heldout`` PCA coordinates, the ``pca``,
+    ``image_shape``, ``source`` and the held-out images in pixel space.
+    """
+    if data_dir is None:
+        if config["require_mnist"]:
+            raise ValueError("this preset trains on MNIST: pass `data_dir` (a directory with the IDX files, "
+                             "e.g. train-images-idx3-ubyte.gz)")
+        data = datasets.load_digits()
+        pca_dim = config["digits_pca_dim"]
+    else:
+        data = datasets.load_mnist(data_dir, split=config["split"])
+        pca_dim = config["pca_dim"]
+    images = datasets.l2_normalize(data.images)
+    perm = np.asarray(jax.random.permutation(key, images.shape[0]))
+    if config["max_images"] is not None:
+        perm = perm[: config["max_images"]]
+    num_holdout = max(2, int(round(config["holdout_fraction"] * len(perm))))
+    held, train_idx = perm[:num_holdout], perm[num_holdout:]
+    # whiten: unit variance along every kept axis, so the score model's leak −x matches the data scale
+    pca = datasets.fit_pca(images[train_idx], min(pca_dim, len(train_idx), images.shape[1]), whiten=config["whiten"])
+    return {"train": pca.transform(images[train_idx]), "heldout": pca.transform(images[held]),
+            "heldout_images": images[held], "pca": pca, "image_shape": data.image_shape,
+            "source": data.source, "num_images": int(len(perm))}
+
+
+def make_model(family: str, config: dict, dim: int, key):
+    if family == "SO-SC":
+        return SamplerOnly(dim, dynamics="synaptic_current", activation=config["activation"], key=key)
+    if family == "SO-FR":
+        return SamplerOnly(dim, dynamics="firing_rate", activation=config["activation"], key=key)
+    if family == "RSN":
+        return ScoreNetwork(dim, config["hidden"], activation=config["activation"], key=key)
+    raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}")
+
+
+def sigmas_of(config: dict) -> np.ndarray:
+    return geometric_sigmas(config["sigma_max"], config["sigma_min"], config["num_levels"])
+
+
+def train(family: str, config: dict, data, *, key, progress: bool | None = None):
+    """Train one family on the PCA coordinates ``data`` over the whole schedule (one `fit` call,
+    optimiser re-created at every level). **Returns:** ``(model, history)``."""
+    k_init, k_fit = jax.random.split(key)
+    model = make_model(family, config, data.shape[1], k_init)
+    steps = config["steps_per_level"]
+    if steps is None:
+        steps = config["epochs_per_level"] * (data.shape[0] // config["batch_size"])
+    return fit(model, jnp.asarray(data), sigmas=sigmas_of(config), key=k_fit, steps_per_level=steps,
+               batch_size=config["batch_size"],
+               optimizer=make_optimizer(config["learning_rate"], amsgrad=config["amsgrad"],
+                                        schedule=config["lr_schedule"], steps_per_level=steps),
+               weight_decay=config["weight_decay"], reset_optimizer=True, progress=progress)
+
+
+def draw(family: str, model, config: dict, *, key):
+    """``num_chains`` chains from near zero (every unit ~ init_scale·N(0, 1))."""
+    circuit = ReservoirSampler.from_score_network(model) if family == "RSN" else model
+    k_init, k_run = jax.random.split(key)
+    state_dim = circuit.hidden if family == "RSN" else circuit.dim
+    r0 = config["init_scale"] * jax.random.normal(k_init, (config["num_chains"], state_dim))
+    return sample(circuit, key=k_run, num_chains=config["num_chains"], num_steps=config["num_steps"],
+                  step_size=config["step_size"], initial_state=r0, on_nonfinite="flag")
+
+
+def heldout_dsm_loss(model, heldout, sigma: float, *, key, repeats: int = 4) -> float:
+    """The DSM loss at noise level σ on held-out data (mean over `repeats` noise draws)."""
+    x = jnp.asarray(heldout)
+    vals = [float(dsm_loss_with_noise(model, x, jax.random.normal(k, x.shape, x.dtype), sigma))
+            for k in jax.random.split(key, repeats)]
+    return float(np.mean(vals))
+
+
+def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, data_dir=None, **_: Any) -> dict:
+    """Load the data, train the three models, sample, and write table, JSON and figures.
+
+    **Returns:** the results dict (also written to ``metrics.json``).
+    """
+    watch = Stopwatch()
+    formats = tuple(config["figure_formats"])
+    k_data, k_train, k_sample, k_eval = jax.random.split(key, 4)
+    with watch("load data + PCA"):
+        data = load_data(config, data_dir, key=k_data)
+    train_x, held = data["train"], data["heldout"]
+    sigmas = sigmas_of(config)
+    n = config["num_chains"]
+    results: dict[str, Any] = {
+        "models": {}, "sigmas": sigmas, "data_source": data["source"], "num_images": data["num_images"],
+        "num_train": int(train_x.shape[0]), "num_heldout": int(held.shape[0]), "pca_dim": int(train_x.shape[1]),
+        "pca_explained_variance": float(np.sum(data["pca"].explained_variance_ratio)),
+    }
+    # The noise floor: real training images against the held-out set, at the sampler's size.
+    floor = {"mmd2": [], "sliced_w2": []}
+    for r in range(max(config["noise_floor_repeats"], 2)):
+        kr = jax.random.fold_in(k_eval, 1000 + r)
+        idx = np.asarray(jax.random.choice(kr, train_x.shape[0], (min(n, train_x.shape[0]),), replace=False))
+        floor["mmd2"].append(float(metrics.mmd(train_x[idx], held)))
+        floor["sliced_w2"].append(float(metrics.sliced_wasserstein(train_x[idx], held, key=jax.random.fold_in(kr, 1))))
+    for name, vals in floor.items():
+        results[f"{name}_floor"] = float(np.mean(vals))
+        results[f"{name}_floor_std"] = float(np.std(vals, ddof=1))
+    histories, images = {}, {"held-out data": data["heldout_images"]}
+    for i, family in enumerate(FAMILIES):
+        with watch(f"train {family}"):
+            t0 = time.perf_counter()
+            model, history = train(family, config, train_x, key=jax.random.fold_in(k_train, i), progress=progress)
+            train_time = time.perf_counter() - t0
+        histories[family] = (history.loss, history.level)
+        with watch(f"sample {family}"):
+            res = draw(family, model, config, key=jax.random.fold_in(k_sample, i))
+        x = np.asarray(res.samples)
+        keep = np.all(np.isfinite(x), axis=1)
+        entry: dict[str, Any] = {"final_loss_per_level": history.level_loss, "train_steps": int(len(history.loss)),
+                                 "train_wall_time": train_time, "train_steps_per_second": len(history.loss) / train_time,
+                                 "fraction_diverged": float(1 - keep.mean()),
+                                 "sampling_wall_time": res.wall_time, "sampling_compile_time": res.compile_time}
+        with watch(f"evaluate {family}"):
+            if keep.sum() >= 2:
+                entry["mmd2"] = float(metrics.mmd(x[keep], held))
+                entry["sliced_w2"] = float(metrics.sliced_wasserstein(x[keep], held, key=jax.random.fold_in(k_eval, i)))
+            entry["heldout_dsm_loss_sigma_min"] = heldout_dsm_loss(model, held, float(sigmas[-1]),
+                                                                   key=jax.random.fold_in(k_eval, 50 + i))
+            entry["train_dsm_loss_sigma_min"] = heldout_dsm_loss(model, train_x[: held.shape[0]], float(sigmas[-1]),
+                                                                 key=jax.random.fold_in(k_eval, 50 + i))
+            entry["sample_norm_mean"] = float(np.mean(np.linalg.norm(x[keep], axis=1))) if keep.any() else None
+        entry["data_norm_mean"] = float(np.mean(np.linalg.norm(held, axis=1)))
+        images[family] = data["pca"].inverse_transform(np.where(keep[:, None], x, 0.0))
+        results["models"][family] = entry
+
+    figures = {}
+    rows = cols = int(min(10, math.isqrt(min(n, data["heldout_images"].shape[0]))))
+    fig = plotting.plot_image_grids(images, data["image_shape"], rows=rows, cols=cols)
+    figures["samples"] = plotting.save_figure(fig, out_dir / "samples", formats=formats, dpi=config["figure_dpi"])
+    fig = plotting.plot_image_grid(images["RSN"], data["image_shape"], rows=rows, cols=cols,
+                                   title=f"RSN (N = {config['hidden']}) samples, inverse PCA")
+    figures["samples_rsn"] = plotting.save_figure(fig, out_dir / "samples_rsn", formats=formats, dpi=config["figure_dpi"])
+    steps_per_level = len(next(iter(histories.values()))[0]) // len(sigmas)
+    fig = plotting.plot_loss_curves(histories, steps_per_level=steps_per_level, sigmas=sigmas)
+    figures["loss"] = plotting.save_figure(fig, out_dir / "loss", formats=formats, dpi=config["figure_dpi"])
+    results["figures"] = {k: [str(p) for p in v] for k, v in figures.items()}
+    results["timings"] = watch.times
+    table = comparison_table(results, config)
+    (out_dir / "table.md").write_text(table)
+    results["table"] = table
+    write_json(out_dir / "metrics.json", results)
+    return results
+
+
+def comparison_table(results: dict, config: dict) -> str:
+    """The Markdown table of an MNIST results dict."""
+    lines = [f"Data: {results['data_source']} ({results['num_train']} training / {results['num_heldout']} held-out "
+             f"images), PCA to {results['pca_dim']} dims ({results['pca_explained_variance']:.1%} of the variance). "
+             f"{config['num_chains']} chains, t = {config['num_steps'] * config['step_size']:g} "
+             f"(dt = {config['step_size']:g} × {config['num_steps']} steps).\n"]
+    header = ["model", "MMD² to held-out", "sliced W₂ to held-out", "held-out DSM loss at σ_min",
+              "train DSM loss at σ_min", "mean ‖x‖ (data: {:.3g})".format(results["models"]["RSN"]["data_norm_mean"]),
+              "train steps/s"]
+    rows = []
+    for family in FAMILIES:
+        m = results["models"][family]
+        rows.append([family, fmt(m.get("mmd2")), fmt(m.get("sliced_w2")), fmt(m["heldout_dsm_loss_sigma_min"]),
+                     fmt(m["train_dsm_loss_sigma_min"]), fmt(m["sample_norm_mean"]), fmt(m["train_steps_per_second"])])
+    rows.append(["real training images (noise floor)", pm(results["mmd2_floor"], results["mmd2_floor_std"]),
+                 pm(results["sliced_w2_floor"], results["sliced_w2_floor_std"]), "—", "—", "—", "—"])
+    lines.append(markdown_table(header, rows))
+    return "\n".join(lines)
+
+
+def estimate_cost(config: dict | None = None, *, num_train: int = 54_000, train_steps: int = 20,
+                  sample_steps: int = 100, key=None) -> dict:
+    """Time a few training steps and sampling steps of the (paper-size) RSN on random data and
+    extrapolate to the full run. Only the RSN is timed: it dominates (the SO models have d² ≪ N d
+    parameters).
+
+    **Arguments:**
+
+    - `config`: the settings (default the ``paper`` preset).
+    - `num_train`: training images (54 000 = the 60 000 training images less the 10 % held out).
+    - `train_steps`, `sample_steps`: steps timed after compilation.
+
+    **Returns:** a dict with measured seconds per step and the extrapolated totals.
+    """
+    config = dict(PRESETS["paper"] if config is None else config)
+    key = jax.random.key(0) if key is None else key
+    d = config["pca_dim"]
+    data = 0.05 * jax.random.normal(key, (max(num_train // 50, config["batch_size"] * 4), d))
+    model = make_model("RSN", config, d, key)
+    opt = make_optimizer(config["learning_rate"], amsgrad=config["amsgrad"])
+    timings = {}
+    for steps in (train_steps, 2 * train_steps):
+        t0 = time.perf_counter()
+        fit(model, data, sigmas=[1.0], steps_per_level=steps, batch_size=config["batch_size"], optimizer=opt,
+            weight_decay=config["weight_decay"], key=key, progress=False, chunk_size=steps)
+        timings[steps] = time.perf_counter() - t0
+    per_step = (timings[2 * train_steps] - timings[train_steps]) / train_steps
+    steps_per_epoch = num_train // config["batch_size"]
+    total_steps = steps_per_epoch * config["epochs_per_level"] * config["num_levels"]
+    res = sample(ReservoirSampler.from_score_network(model), key=key, num_chains=config["num_chains"],
+                 num_steps=sample_steps, step_size=config["step_size"], init="zeros")
+    per_sample_step = res.wall_time / sample_steps
+    return {"seconds_per_train_step": per_step, "train_steps": total_steps,
+            "train_seconds": per_step * total_steps,
+            "seconds_per_sample_step": per_sample_step, "sample_seconds": per_sample_step * config["num_steps"],
+            "hidden": config["hidden"], "pca_dim": d, "batch_size": config["batch_size"],
+            "device": str(jax.devices()[0])}

@@ -1,0 +1,127 @@
+"""Tests of rsnjax.experiments: every experiment's run() on the "tiny" preset writes its files,
+the output-directory rules, and one statistical check of the paper's double-peak claim."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import rsnjax.experiments as ex
+from rsnjax import metrics, targets
+from rsnjax.experiments import _common, double_peak
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _leave_jax_config_alone(monkeypatch):
+    # run() turns on JAX's persistent compilation cache unless told not to; tests must not change
+    # the process-wide JAX configuration other test files run under.
+    monkeypatch.setenv("RSNJAX_COMPILATION_CACHE", "0")
+
+
+def _check_outputs(result, out_dir, figures):
+    assert result["out_dir"] == str(out_dir)
+    for name in ("config.json", "metrics.json", "table.md"):
+        assert (out_dir / name).is_file(), name
+    for stem in figures:
+        png = out_dir / f"{stem}.png"
+        assert png.is_file() and png.read_bytes()[:8] == PNG_MAGIC, stem
+    record = json.loads((out_dir / "config.json").read_text())
+    assert record["preset"] == "tiny" and record["versions"]["jax"] and record["wall_time"] > 0
+    numbers = json.loads((out_dir / "metrics.json").read_text())
+    table = (out_dir / "table.md").read_text()
+    for family in ("SO-SC", "SO-FR", "RSN"):
+        assert family in numbers["models"]
+        assert f"| {family} |" in table
+    return numbers
+
+
+def test_double_peak_tiny(tmp_path):
+    out = tmp_path / "dp"
+    result = ex.run("double-peak", preset="tiny", out_dir=out)
+    numbers = _check_outputs(result, out, ["score_per_level", "histograms", "histograms_long", "w1_vs_time", "loss"])
+    config = ex.PRESETS["double-peak"]["tiny"]
+    for family in ("SO-SC", "SO-FR", "RSN"):
+        entry = numbers["models"][family]
+        assert len(entry["per_level"]) == config["num_levels"]
+        for run in ("paper", "long"):
+            m = entry[run]
+            assert m["num_samples"] + round(m["fraction_diverged"] * config["num_chains"]) == config["num_chains"]
+            assert m["score_error"] > 0 and m["mmd2_floor_std"] >= 0
+            steps = config["num_steps"] if run == "paper" else config["long_num_steps"]
+            assert len(m["w1_vs_time"]) == steps // config["save_every"]
+    assert "noise floor" in result["table"]
+
+
+def test_laplace_x_tiny(tmp_path):
+    out = tmp_path / "lx"
+    result = ex.run("laplace-x", preset="tiny", out_dir=out)
+    numbers = _check_outputs(result, out, ["hist2d", "kurtosis", "w1_vs_time", "loss"])
+    config = ex.PRESETS["laplace-x"]["tiny"]
+    rsn = numbers["models"]["RSN"]
+    assert set(rsn) >= {"paper", "long"} and len(rsn["paper"]["excess_kurtosis"]) == 2
+    saved = config["accel_num_steps"] // config["save_every"]
+    for label in ("exact score, plain", "exact score, accelerated", "RSN, plain", "RSN, accelerated"):
+        assert np.asarray(numbers["acceleration"][label]["w1_vs_time"]).shape == (saved, 2)
+
+
+def test_mnist_paper_preset_requires_data():
+    with pytest.raises(ValueError, match="data_dir"):
+        ex.mnist.load_data(ex.PRESETS["mnist"]["paper"], None, key=jax.random.key(0))
+
+
+def test_run_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="`name`"):
+        ex.run("double_peak", out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="`preset`"):
+        ex.run("double-peak", preset="huge", out_dir=tmp_path / "a")
+    with pytest.raises(ValueError, match="`overrides`.*hiden"):
+        ex.run("double-peak", preset="tiny", out_dir=tmp_path / "a", overrides={"hiden": 3})
+    with pytest.raises(FileNotFoundError, match="`data_dir`"):
+        ex.run("mnist", preset="tiny", out_dir=tmp_path / "a", data_dir=tmp_path / "missing")
+    assert not (tmp_path / "a").exists()  # nothing was written for a rejected call
+
+
+def test_out_dir_is_never_overwritten_silently(tmp_path, monkeypatch):
+    explicit = tmp_path / "explicit"
+    explicit.mkdir()
+    (explicit / "table.md").write_text("old")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _common.prepare_out_dir("double-peak", "quick", explicit, overwrite=False)
+    assert _common.prepare_out_dir("double-peak", "quick", explicit, overwrite=True) == explicit
+    monkeypatch.chdir(tmp_path)
+    first = _common.prepare_out_dir("double-peak", "quick", None, overwrite=False)
+    assert first == tmp_path.joinpath("results", "double-peak-quick").relative_to(tmp_path)
+    (first / "table.md").write_text("x")
+    second = _common.prepare_out_dir("double-peak", "quick", None, overwrite=False)
+    assert second.name == "double-peak-quick-2" and second.is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        _common.prepare_out_dir("double-peak", "quick", tmp_path / "file", overwrite=True)
+
+
+@pytest.mark.slow
+def test_double_peak_rsn_is_bimodal_and_so_sc_is_not():
+    """PAPER.md §5: a ReLU RSN samples both modes of the double peak; SO-SC (ReLU) cannot.
+
+    2000 chains: a mode weight has sd √(¼/2000) ≈ 0.011, so [0.4, 0.6] is a ±9 sd band around ½;
+    the dip ratio (density at 0 over density at ±1, exact value 0.28) has sd ≲ 0.05 at this size,
+    so < 0.6 and > 0.9 separate a bimodal from a unimodal sample by many sd.
+    """
+    config = {**double_peak.PRESETS["paper"], "hidden": 200, "steps_per_level": 400, "learning_rate": 3e-4}
+    target = targets.double_peak()
+    out = {}
+    for family in ("RSN", "SO-SC"):
+        model, _, _ = double_peak.train(family, config, key=jax.random.key(3))
+        res = double_peak.draw(family, model, key=jax.random.key(4), num_chains=2000, num_steps=2000,
+                               step_size=2e-3)
+        x = np.asarray(res.samples)
+        assert np.all(np.isfinite(x))
+        out[family] = (np.asarray(metrics.mode_weights(x, target)), double_peak.dip_ratio(x))
+    weights, dip = out["RSN"]
+    assert np.all((weights > 0.4) & (weights < 0.6)), weights
+    assert dip < 0.6, dip
+    _, so_dip = out["SO-SC"]
+    assert so_dip > 0.9, so_dip  # unimodal: no dip between the modes
