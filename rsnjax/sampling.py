@@ -260,9 +260,16 @@ DEFAULT_BLOCK_BYTES = 4 * 2**20
 
 def default_block_size(chains_per_device: int, floats_per_chain: int, itemsize: int = 4) -> int:
     """The block `sample` uses when `block_size` is not given: as many chains as touch at most
-    4 MB per step (``floats_per_chain`` numbers each; at least 16 chains), split evenly so that
-    padding is at most one chain per block."""
+    4 MB per step (``floats_per_chain`` numbers each; at least 16 chains), preferably a divisor of
+    the chains (between half that and that), else split evenly so that padding is at most one
+    chain per block."""
     cap = max(16, DEFAULT_BLOCK_BYTES // max(1, floats_per_chain * itemsize))
+    if chains_per_device <= cap:
+        return chains_per_device
+    # prefer a block that divides the chains exactly (no padded copy of the initial state)
+    for block in range(cap, cap // 2, -1):
+        if chains_per_device % block == 0:
+            return block
     num_blocks = -(-chains_per_device // cap)
     return -(-chains_per_device // num_blocks)
 
