@@ -1,0 +1,301 @@
+"""Turn the rows of a benchmark run into bounds, ratios, target checks, a Markdown report and a
+scaling figure."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+#: The issue's targets (see docs/PERFORMANCE.md).
+TARGET_DENSE_SPEEDUP = 50.0
+TARGET_SCAN_SPEEDUP = 2.0
+TARGET_BOUND_FRACTION = 0.70
+TARGET_DIFFRAX_RATIO = 1.3
+TARGET_TRAINING_SPEEDUP = 3.0
+
+HEADLINE = "reservoir tanh, N=1000, d=2, 10,000 chains"
+
+
+def _is_rsnjax_tuned(row, backend="scan") -> bool:
+    return row.get("impl", "").startswith(f"rsnjax ({backend},") and row.get("jax_mode") == "tuned"
+
+
+def _ok(row) -> bool:
+    return "rate" in row and "error" not in row and "skipped" not in row
+
+
+def _find(rows, workload, pred):
+    for r in rows:
+        if r.get("workload") == workload and _ok(r) and pred(r):
+            return r
+    return None
+
+
+def analyse(rows: list[dict], meta: dict) -> dict:
+    """Add bounds (``bound_*``, ``fraction_of_bound``), ratios against rsnjax (``rsnjax_speedup``)
+    and the target checks; returns the JSON-ready result."""
+    limits = {"phi": {}, "matmul_flops": None, "stream_bytes": None}
+    for r in rows:
+        if r.get("group") != "limits" or not _ok(r):
+            continue
+        w = r["workload"]
+        if w.startswith("φ = "):
+            limits["phi"][f"{r['activation']}/{r['jax_mode']}"] = {"rate": r["rate"], "devices": r.get("devices")}
+        elif w.startswith("float32 matmul"):
+            limits["matmul_flops"] = max(limits["matmul_flops"] or 0, r["rate"])
+        elif w.startswith("streaming"):
+            limits["stream_bytes"] = max(limits["stream_bytes"] or 0, r["rate"])
+
+    for r in rows:
+        if r.get("group") not in ("sampling", "scaling") or not _ok(r):
+            continue
+        kind, hidden, dim = r.get("kind"), r.get("hidden"), r.get("dim")
+        mode = "tuned" if r.get("jax_mode") == "tuned" else "default"
+        if r.get("impl", "").startswith(("PyTorch", "NumPy")):
+            mode = None  # other runtimes: no φ bound of their own measured
+        if kind in ("reservoir", "output") and hidden and dim is not None and dim <= 8 and mode:
+            phi = limits["phi"].get(f"{r['activation']}/{mode}")
+            if phi:
+                r["bound"] = phi["rate"] / hidden
+                r["bound_kind"] = ("φ = tanh evaluations" if r["activation"] == "tanh"
+                                   else "one state pass (φ = relu)") + f", {phi['devices']} device(s)"
+                r["fraction_of_bound"] = r["rate"] / r["bound"]
+        elif kind == "reservoir" and dim and dim > 8 and limits["matmul_flops"]:
+            flops = 3 * 2 * hidden * dim  # readout, input and noise products per chain-step
+            r["achieved_gflops"] = r["rate"] * flops / 1e9
+            r["bound"] = limits["matmul_flops"] / flops
+            r["bound_kind"] = "float32 matmul peak"
+            r["fraction_of_bound"] = r["rate"] / r["bound"]
+
+    # ratios against rsnjax (tuned, scan) on the same workload
+    for r in rows:
+        if r.get("group") not in ("sampling", "training") or not _ok(r):
+            continue
+        ref = _find(rows, r["workload"], _is_rsnjax_tuned) if r["group"] == "sampling" else \
+            _find(rows, r["workload"], lambda x: x["impl"].startswith("rsnjax"))
+        if ref is not None:
+            r["rsnjax_speedup"] = ref["rate"] / r["rate"]
+            if ref.get("cpu_rate") and r.get("cpu_rate"):
+                r["rsnjax_speedup_cpu"] = ref["cpu_rate"] / r["cpu_rate"]
+
+    targets = []
+
+    def check(name, value, required, better, detail="", cpu_value=None):
+        if value is None:
+            targets.append({"target": name, "required": required, "measured": None, "met": None, "detail": detail})
+            return
+        met = value >= required if better == "higher" else value <= required
+        targets.append({"target": name, "required": required, "measured": value, "met": bool(met),
+                        "better": better, "detail": detail, "measured_cpu": cpu_value})
+
+    ref = _find(rows, HEADLINE, _is_rsnjax_tuned)
+    # prefer the rows timed round-robin with rsnjax in the same process
+    dense = _find(rows, HEADLINE, lambda x: x["impl"].startswith("PyTorch, dense") and x.get("interleaved")) or \
+        _find(rows, HEADLINE, lambda x: x["impl"].startswith("PyTorch, dense"))
+    scan = _find(rows, HEADLINE, lambda x: x["impl"].startswith("plain lax.scan") and x.get("jax_mode") == "tuned") or \
+        _find(rows, HEADLINE, lambda x: x["impl"].startswith("plain lax.scan"))
+    scan_default = _find(rows, HEADLINE, lambda x: x["impl"].startswith("plain lax.scan") and x.get("jax_mode") == "default")
+    rsn_default = _find(rows, HEADLINE, lambda x: x["impl"].startswith("rsnjax (scan") and x.get("jax_mode") == "default")
+    dfx = _find(rows, HEADLINE, lambda x: _is_rsnjax_tuned(x, "diffrax"))
+
+    def ratio(a, b, key="rate"):
+        return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+
+    check(f"{HEADLINE}: rsnjax vs PyTorch dense-W_rec loop", ratio(ref, dense), TARGET_DENSE_SPEEDUP, "higher",
+          cpu_value=ratio(ref, dense, "cpu_rate"))
+    check(f"{HEADLINE}: rsnjax vs plain lax.scan (matmul form, no blocking)", ratio(ref, scan),
+          TARGET_SCAN_SPEEDUP, "higher", cpu_value=ratio(ref, scan, "cpu_rate"))
+    if scan_default is not None and scan_default is not scan:
+        check(f"{HEADLINE}: rsnjax vs plain lax.scan, both in default JAX (1 device)", ratio(rsn_default, scan_default),
+              TARGET_SCAN_SPEEDUP, "higher", cpu_value=ratio(rsn_default, scan_default, "cpu_rate"))
+    check(f"{HEADLINE}: rsnjax fraction of the φ-throughput bound",
+          ref.get("fraction_of_bound") if ref else None, TARGET_BOUND_FRACTION, "higher",
+          detail=ref.get("bound_kind", "") if ref else "")
+    check(f"{HEADLINE}: diffrax backend time / scan time", ratio(ref, dfx), TARGET_DIFFRAX_RATIO, "lower",
+          cpu_value=ratio(ref, dfx, "cpu_rate"))
+    small = HEADLINE.replace("10,000", "1,000")
+    ref1 = _find(rows, small, _is_rsnjax_tuned)
+    dfx1 = _find(rows, small, lambda x: _is_rsnjax_tuned(x, "diffrax"))
+    if ref1 or dfx1:
+        check(f"{small}: diffrax backend time / scan time", ratio(ref1, dfx1), TARGET_DIFFRAX_RATIO, "lower",
+              cpu_value=ratio(ref1, dfx1, "cpu_rate"))
+    for r in rows:
+        if r.get("group") == "training" and _ok(r) and r["impl"].startswith("PyTorch"):
+            check(f"{r['workload']}: rsnjax.fit vs PyTorch loop (steps/s)", r.get("rsnjax_speedup"),
+                  TARGET_TRAINING_SPEEDUP, "higher", cpu_value=r.get("rsnjax_speedup_cpu"))
+    return {"meta": meta, "limits": limits, "targets": targets, "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------
+# formatting
+# ----------------------------------------------------------------------------------------------
+
+
+def si(value, unit="") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _x(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}×" if value < 100 else f"{value:.0f}×"
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def write_markdown(result: dict, *, figure_name: str | None = None) -> str:
+    meta, rows, limits = result["meta"], result["rows"], result["limits"]
+    m = meta["machine"]
+    v = meta["versions"]
+    lines = [f"# rsnjax benchmarks ({meta['mode']} run)", ""]
+    lines += [
+        f"- date: {meta['started']} (UTC), {meta.get('seconds', 0) / 60:.1f} min in all",
+        f"- command: `{meta['command']}`",
+        f"- machine: {m.get('cpu_model', '?')}, {m.get('cpu_count')} cores, "
+        f"AVX-512: {'yes' if m.get('avx512') else 'no'}, {m.get('memory_gb', '?')} GB; "
+        f"load average at start {', '.join(f'{x:.1f}' for x in m.get('load_average', []))}"
+        + (f", at end {', '.join(f'{x:.1f}' for x in m['load_average_end'])}" if m.get("load_average_end") else ""),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) +
+        (" (not installed: " + ", ".join(k for k, val in v.items() if not val) + ")" if any(not x for x in v.values()) else ""),
+        "- float32 throughout; rates are the best of the timed repeats (wall clock, compilation and a "
+        "warm-up run excluded); *per CPU-s* divides by the process's CPU seconds instead (less "
+        "sensitive to other processes on a shared machine).",
+        "- tuned JAX = `rsnjax.sampling.configure_cpu()` (one XLA CPU device per core, sharded chains; "
+        "AVX-512 vector width where available); default JAX = one CPU device, no flags.",
+        "- GPU: not measured (no GPU in this run). To measure on a CUDA machine: install `jax[cuda12]` "
+        "and run `JAX_PLATFORMS=cuda python benchmarks/run.py --only sampling,training` (untested).",
+        "",
+    ]
+    # targets
+    lines += ["## Targets", "", "| target | required | measured (wall) | per CPU-s | met |", "|---|---|---|---|---|"]
+    for t in result["targets"]:
+        better = "≥" if t.get("better", "higher") == "higher" else "≤"
+        req = f"{better} {_pct(t['required'])}" if "fraction" in t["target"] else f"{better} {t['required']:g}×"
+        if t["measured"] is None:
+            meas = "not measured"
+        elif "fraction" in t["target"]:
+            meas = _pct(t["measured"]) + (f" ({t['detail']})" if t.get("detail") else "")
+        else:
+            meas = _x(t["measured"])
+        cpu = _x(t.get("measured_cpu")) if t.get("measured_cpu") else "–"
+        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        lines.append(f"| {t['target']} | {req} | {meas} | {cpu} | {met} |")
+    lines.append("")
+
+    # limits
+    lines += ["## The machine's limits (same run)", "", "| limit | implementation | rate |", "|---|---|---|"]
+    for r in rows:
+        if r.get("group") == "limits":
+            if _ok(r):
+                unit = {"FLOP": "FLOP/s", "bytes": "B/s", "elements": "elements/s"}.get(r["unit"], r["unit"] + "/s")
+                lines.append(f"| {r['workload']} | {r['impl']} | {si(r['rate'], unit)} |")
+            else:
+                lines.append(f"| {r['workload']} | {r['impl']} | {r.get('skipped') or r.get('error')} |")
+    lines.append("")
+
+    # sampling
+    lines += ["## Sampling throughput (chain-steps per second)", "",
+              "Slow baselines run fewer steps (the `steps` column); every rate is per chain-step.", ""]
+    workloads = []
+    for r in rows:
+        if r.get("group") == "sampling" and r.get("workload") not in workloads:
+            workloads.append(r["workload"])
+    for wl in workloads:
+        lines += [f"### {wl}", "",
+                  "| implementation | JAX setup | steps | chain-steps/s | median | per CPU-s | compile s | rsnjax is | of bound |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r.get("group") != "sampling" or r.get("workload") != wl:
+                continue
+            if not _ok(r):
+                lines.append(f"| {r['impl']} | | | {r.get('skipped') or 'error: ' + str(r.get('error'))} | | | | | |")
+                continue
+            bound = ""
+            if r.get("fraction_of_bound") is not None:
+                bound = f"{_pct(r['fraction_of_bound'])} of {si(r['bound'])}"
+            compile_s = f"{r['compile_s']:.2f}" if r.get("compile_s") is not None else "–"
+            speed = "" if _is_rsnjax_tuned(r) else _x(r.get("rsnjax_speedup"))
+            setup = r.get("jax_mode", "") if not r["impl"].startswith(("PyTorch", "NumPy")) else "–"
+            lines.append(f"| {r['impl']} | {setup} | {r.get('steps', '')} | {si(r['rate'])} | {si(r['median_rate'])} | "
+                         f"{si(r.get('cpu_rate'))} | {compile_s} | {speed} | {bound} |")
+        lines.append("")
+    # training
+    lines += ["## Training throughput (DSM optimiser steps per second)", "",
+              "| workload | implementation | steps/s | per CPU-s | rsnjax is |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("group") != "training":
+            continue
+        if not _ok(r):
+            lines.append(f"| {r.get('workload')} | {r['impl']} | {r.get('skipped') or 'error: ' + str(r.get('error'))} | | |")
+            continue
+        speed = "" if r["impl"].startswith("rsnjax") else _x(r.get("rsnjax_speedup"))
+        lines.append(f"| {r['workload']} | {r['impl']} | {r['rate']:.4g} | {si(r.get('cpu_rate'))} | {speed} |")
+    lines.append("")
+    # scaling
+    scale = [r for r in rows if r.get("group") == "scaling" and _ok(r)]
+    idle = next((r for r in rows if r.get("impl") == "baseline"), None)
+    if scale:
+        lines += ["## Scaling (rsnjax reservoir, tanh, tuned JAX; one process per row)", ""]
+        if idle:
+            lines.append(f"An idle process (JAX and rsnjax imported) peaks at {idle['process_peak_rss_mb']:.0f} MB.")
+            lines.append("")
+        lines += ["| chains | N | d | steps | ns per chain-step | chain-steps/s | compile s | state MB | peak RSS MB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(scale, key=lambda r: (r["chains"], r["hidden"], r["dim"])):
+            lines.append(f"| {r['chains']:,} | {r['hidden']:,} | {r['dim']} | {r['steps']} | "
+                         f"{1e9 * r['seconds_per_chain_step']:.3g} | {si(r['rate'])} | {r['compile_s']:.2f} | "
+                         f"{r['state_mb']:.1f} | {r['process_peak_rss_mb']:.0f} |")
+        lines.append("")
+        if figure_name:
+            lines += [f"![scaling]({figure_name})", ""]
+    errors = [r for r in rows if "error" in r]
+    if errors:
+        lines += ["## Errors", ""] + [f"- {r.get('job')}: {r['impl']}: {r['error']}" for r in errors] + [""]
+    return "\n".join(lines)
+
+
+def write_figure(result: dict, path: Path):
+    rows = [r for r in result["rows"] if r.get("group") == "scaling" and _ok(r)]
+    if not rows:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    center = {"chains": 10_000, "hidden": 1000, "dim": 2}
+    for ax, axis, label in zip(axes[:3], ("chains", "hidden", "dim"), ("chains", "reservoir size N", "output dim d")):
+        pts = sorted((r[axis], r["seconds_per_chain_step"]) for r in rows
+                     if all(r[k] == v for k, v in center.items() if k != axis))
+        if pts:
+            xs, ys = zip(*pts)
+            ax.loglog(xs, [1e9 * y for y in ys], "o-")
+        ax.set_xlabel(label)
+        ax.set_ylabel("ns per chain-step")
+        ax.set_title(f"vs {label}\n(others: {', '.join(f'{k}={v}' for k, v in center.items() if k != axis)})",
+                     fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    ax = axes[3]
+    ax.loglog([r["state_mb"] for r in rows], [r["process_peak_rss_mb"] for r in rows], "o")
+    idle = next((r for r in result["rows"] if r.get("impl") == "baseline"), None)
+    if idle:
+        ax.axhline(idle["process_peak_rss_mb"], ls="--", color="grey", label="idle process")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("reservoir state (MB)")
+    ax.set_ylabel("peak RSS of the process (MB)")
+    ax.set_title("memory", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
