@@ -88,17 +88,20 @@ def output_langevin(*, dim=2, hidden=1000, activation="tanh", chains, steps, rep
         chains=chains, hidden=hidden, dim=dim, kind="output", activation=activation))
 
 
-def dsm_training(*, dim, hidden, batch, steps, repeats, activation="relu", data="target"):
+def dsm_training(*, dim, hidden, batch, steps, repeats, activation="relu", data="target", threads=None):
     """The DSM training loop in PyTorch: ``s(x) = −x + A φ(Bx + b)`` as two ``nn.Linear`` layers
     (A without bias, PyTorch's default initialisation, as the authors' code), Adam(1e-4),
     loss ½·mean‖s(x + σε) + ε/σ‖², one Python iteration per step. Data: fresh draws from the
     ring of 8 Gaussians made with torch ops (d = 2), or batches indexed from an in-memory
-    ``(10000, d)`` tensor by a per-epoch ``randperm`` (the array case; no DataLoader)."""
+    ``(10000, d)`` tensor by a per-epoch ``randperm`` (the array case; no DataLoader).
+    ``threads``: PyTorch intra-op threads (default: PyTorch's, one per core)."""
     impl = "PyTorch, eager Adam loop"
     wl = workload_name("train", dim=dim, hidden=hidden, batch=batch)
     torch = _torch()
     if torch is None:
         return [skipped(group="training", workload=wl, impl=impl, reason="torch not installed")]
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     phi = {"tanh": torch.tanh, "relu": torch.relu}[activation]
     B = torch.nn.Linear(dim, hidden)

@@ -40,7 +40,12 @@ def analyse(rows: list[dict], meta: dict) -> dict:
             continue
         w = r["workload"]
         if w.startswith("φ = "):
-            limits["phi"][f"{r['activation']}/{r['jax_mode']}"] = {"rate": r["rate"], "devices": r.get("devices")}
+            key = f"{r['activation']}/{r['jax_mode']}"
+            known = limits["phi"].get(key)
+            # a φ rate timed round-robin with the samplers (same load) takes precedence
+            if known is None or (r.get("interleaved") and not known["interleaved"]):
+                limits["phi"][key] = {"rate": r["rate"], "devices": r.get("devices"),
+                                      "interleaved": bool(r.get("interleaved"))}
         elif w.startswith("float32 matmul"):
             limits["matmul_flops"] = max(limits["matmul_flops"] or 0, r["rate"])
         elif w.startswith("streaming"):
@@ -58,7 +63,8 @@ def analyse(rows: list[dict], meta: dict) -> dict:
             if phi:
                 r["bound"] = phi["rate"] / hidden
                 r["bound_kind"] = ("φ = tanh evaluations" if r["activation"] == "tanh"
-                                   else "one state pass (φ = relu)") + f", {phi['devices']} device(s)"
+                                   else "one state pass (φ = relu)") + f", {phi['devices']} device(s)" + \
+                    (", timed with it" if phi.get("interleaved") else "")
                 r["fraction_of_bound"] = r["rate"] / r["bound"]
         elif kind == "reservoir" and dim and dim > 8 and limits["matmul_flops"]:
             flops = 3 * 2 * hidden * dim  # readout, input and noise products per chain-step
@@ -119,10 +125,14 @@ def analyse(rows: list[dict], meta: dict) -> dict:
     if ref1 or dfx1:
         check(f"{small}: diffrax backend time / scan time", ratio(ref1, dfx1), TARGET_DIFFRAX_RATIO, "lower",
               cpu_value=ratio(ref1, dfx1, "cpu_rate"))
-    for r in rows:
+    best_torch = {}
+    for r in rows:  # the faster PyTorch set-up (default threads or one thread) per workload
         if r.get("group") == "training" and _ok(r) and r["impl"].startswith("PyTorch"):
-            check(f"{r['workload']}: rsnjax.fit vs PyTorch loop (steps/s)", r.get("rsnjax_speedup"),
-                  TARGET_TRAINING_SPEEDUP, "higher", cpu_value=r.get("rsnjax_speedup_cpu"))
+            if r["workload"] not in best_torch or r["rate"] > best_torch[r["workload"]]["rate"]:
+                best_torch[r["workload"]] = r
+    for wl, r in best_torch.items():
+        check(f"{wl}: rsnjax.fit vs the faster PyTorch loop ({r['impl'].split(', ')[-1]})",
+              r.get("rsnjax_speedup"), TARGET_TRAINING_SPEEDUP, "higher", cpu_value=r.get("rsnjax_speedup_cpu"))
     return {"meta": meta, "limits": limits, "targets": targets, "rows": rows}
 
 
@@ -195,7 +205,8 @@ def write_markdown(result: dict, *, figure_name: str | None = None) -> str:
         if r.get("group") == "limits":
             if _ok(r):
                 unit = {"FLOP": "FLOP/s", "bytes": "B/s", "elements": "elements/s"}.get(r["unit"], r["unit"] + "/s")
-                lines.append(f"| {r['workload']} | {r['impl']} | {si(r['rate'], unit)} |")
+                timed = " (timed round-robin with the samplers)" if r.get("interleaved") else ""
+                lines.append(f"| {r['workload']} | {r['impl']}{timed} | {si(r['rate'], unit)} |")
             else:
                 lines.append(f"| {r['workload']} | {r['impl']} | {r.get('skipped') or r.get('error')} |")
     lines.append("")
