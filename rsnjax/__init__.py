@@ -10,7 +10,7 @@ from .checkpoint import CheckpointError, load, save
 from .dsm import dsm_loss, dsm_loss_with_noise, geometric_sigmas
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
 from .reservoir import RankDeficientReadoutError, ReservoirSampler
-from .sampling import SampleResult, SimulationDivergedError, as_sde, sample, skew_symmetric
+from .sampling import SampleResult, SimulationDivergedError, as_sde, configure_cpu, sample, skew_symmetric
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
 from .training import History, TrainingDivergedError, fit
 
@@ -35,6 +35,7 @@ __all__ = [
     "SimulationDivergedError",
     "as_sde",
     "skew_symmetric",
+    "configure_cpu",
     "CircuitSDE",
     "OutputLangevin",
     "ReservoirLangevin",
