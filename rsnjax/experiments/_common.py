@@ -208,6 +208,18 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
+def finish_run(out_dir: Path, results: dict, figures: dict, watch: "Stopwatch",
+               table_fn: Callable[[dict], str]) -> dict:
+    """Record figures and timings in ``results``, write ``table.md`` and ``metrics.json``."""
+    results["figures"] = {k: [str(p) for p in v] for k, v in figures.items()}
+    results["timings"] = watch.times
+    table = table_fn(results)
+    (out_dir / "table.md").write_text(table)
+    results["table"] = table
+    write_json(out_dir / "metrics.json", results)
+    return results
+
+
 def fmt(v: Any, digits: int = 3) -> str:
     """A number for a table cell (None → —)."""
     if v is None:

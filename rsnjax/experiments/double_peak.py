@@ -26,7 +26,7 @@ from jax.scipy.stats import norm as _norm
 from .. import fit, geometric_sigmas, metrics, plotting, sample, targets
 from ..networks import SamplerOnly, ScoreNetwork
 from ..reservoir import ReservoirSampler
-from ._common import FAMILIES, Stopwatch, fit_levels, fmt, make_optimizer, markdown_table, pm, write_json
+from ._common import FAMILIES, Stopwatch, finish_run, fit_levels, fmt, make_optimizer, markdown_table, pm
 
 NAME = "double-peak"
 
@@ -249,14 +249,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
     figures["w1_vs_time"] = plotting.save_figure(fig, out_dir / "w1_vs_time", formats=formats, dpi=config["figure_dpi"])
     fig = plotting.plot_loss_curves(histories, steps_per_level=config["steps_per_level"], sigmas=sigmas)
     figures["loss"] = plotting.save_figure(fig, out_dir / "loss", formats=formats, dpi=config["figure_dpi"])
-    results["figures"] = {k: [str(p) for p in v] for k, v in figures.items()}
-    results["timings"] = watch.times
-
-    table = comparison_table(results)
-    (out_dir / "table.md").write_text(table)
-    results["table"] = table
-    write_json(out_dir / "metrics.json", results)
-    return results
+    return finish_run(out_dir, results, figures, watch, lambda r: comparison_table(r))
 
 
 def comparison_table(results: dict) -> str:

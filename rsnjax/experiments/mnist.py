@@ -28,7 +28,7 @@ from .. import datasets, fit, geometric_sigmas, metrics, plotting, sample
 from ..dsm import dsm_loss_with_noise
 from ..networks import SamplerOnly, ScoreNetwork
 from ..reservoir import ReservoirSampler
-from ._common import FAMILIES, Stopwatch, fmt, make_optimizer, markdown_table, pm, write_json
+from ._common import FAMILIES, Stopwatch, finish_run, fmt, make_optimizer, markdown_table, pm
 
 NAME = "mnist"
 
@@ -218,13 +218,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, data_
     steps_per_level = len(next(iter(histories.values()))[0]) // len(sigmas)
     fig = plotting.plot_loss_curves(histories, steps_per_level=steps_per_level, sigmas=sigmas)
     figures["loss"] = plotting.save_figure(fig, out_dir / "loss", formats=formats, dpi=config["figure_dpi"])
-    results["figures"] = {k: [str(p) for p in v] for k, v in figures.items()}
-    results["timings"] = watch.times
-    table = comparison_table(results, config)
-    (out_dir / "table.md").write_text(table)
-    results["table"] = table
-    write_json(out_dir / "metrics.json", results)
-    return results
+    return finish_run(out_dir, results, figures, watch, lambda r: comparison_table(r, config))
 
 
 def comparison_table(results: dict, config: dict) -> str:
