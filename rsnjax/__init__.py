@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
-from .dsm import dsm_loss, dsm_loss_with_noise, geometric_sigmas
+from .dsm import dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
 from .reservoir import RankDeficientReadoutError, ReservoirSampler
 from .sampling import SampleResult, SimulationDivergedError, as_sde, configure_cpu, sample, skew_symmetric
@@ -30,6 +30,7 @@ __all__ = [
     "geometric_sigmas",
     "dsm_loss",
     "dsm_loss_with_noise",
+    "dsm_value_and_grad",
     "sample",
     "SampleResult",
     "SimulationDivergedError",

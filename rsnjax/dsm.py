@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._validation import check_array, check_int, check_key, check_positive
+from .networks import ScoreNetwork, get_activation
 
-__all__ = ["geometric_sigmas", "dsm_loss", "dsm_loss_with_noise"]
+__all__ = ["geometric_sigmas", "dsm_loss", "dsm_loss_with_noise", "dsm_value_and_grad"]
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> np.ndarray:
@@ -76,3 +78,85 @@ def dsm_loss(
     key = check_key(key)
     noise = jax.random.normal(key, x.shape, x.dtype)
     return dsm_loss_with_noise(score_fn, x, noise, sigma)
+
+
+#: Up to this many dimensions `dsm_value_and_grad` writes a `ScoreNetwork`'s products with its
+#: d-sized side as d separate matrix-vector products and broadcasts: XLA's CPU dot kernels are
+#: slow for a (batch × N) · (N × d) product with d this small (measured at batch 128, N = 1000:
+#: 90 µs per step this way against 300 µs as matrix products for d = 2; 233 against 297 for
+#: d = 4; the matrix form wins from d = 8).
+SMALL_DIM = 4
+
+
+def _activation_derivative(name: str, pre: Array, h: Array) -> Array:
+    if name == "relu":
+        return (pre > 0).astype(pre.dtype)
+    if name == "tanh":
+        return 1 - h * h
+    if name == "softplus":
+        return jax.nn.sigmoid(pre)
+    raise ValueError(f"no derivative for activation {name!r}")  # pragma: no cover
+
+
+def _score_network_value_and_grad(net, x, noise, sigma):
+    """The DSM loss of a `ScoreNetwork` and its gradient, written out by hand.
+
+    With x̃ = x + σε, u = B x̃ + b, h = φ(u) and residual r = A h − x̃ + ε/σ (the model's score
+    plus ε/σ), the loss is ½·mean_i ‖r_i‖². With g = r / batch:
+    ∂A = gᵀ h, ∂b = Σ_i g_h,i and ∂B = g_hᵀ x̃ where g_h = (g A) ⊙ φ'(u).
+    """
+    A, B, b = net.A, net.B, net.b
+    dim = A.shape[0]
+    phi = get_activation(net.activation)
+    noisy = x + sigma * noise
+    small = dim <= SMALL_DIM
+    if small:
+        pre = b + sum(noisy[:, k, None] * B[:, k] for k in range(dim))
+    else:
+        pre = noisy @ B.T + b
+    h = phi(pre)
+    out = jnp.stack([h @ A[k] for k in range(dim)], -1) if small else h @ A.T
+    residual = out - noisy + noise / sigma
+    loss = 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+    g = residual / x.shape[0]
+    back = sum(g[:, k, None] * A[k] for k in range(dim)) if small else g @ A
+    g_hidden = back * _activation_derivative(net.activation, pre, h)
+    if small:
+        grad_A = jnp.stack([g[:, k] @ h for k in range(dim)])
+        grad_B = jnp.stack([noisy[:, k] @ g_hidden for k in range(dim)], -1)
+    else:
+        grad_A = g.T @ h
+        grad_B = g_hidden.T @ noisy
+    grad_b = jnp.sum(g_hidden, axis=0)
+    grads = eqx.tree_at(lambda m: (m.A, m.B, m.b), net, (grad_A, grad_B, grad_b))
+    return loss, eqx.filter(grads, eqx.is_inexact_array)
+
+
+def dsm_value_and_grad(
+    model: Any,
+    x: Float[Array, "batch dim"],
+    noise: Float[Array, "batch dim"],
+    sigma: float | Array,
+) -> tuple[Float[Array, ""], Any]:
+    """The DSM loss (`dsm_loss_with_noise`) and its gradient with respect to the model's
+    floating-point arrays, as `fit` uses them.
+
+    For a `ScoreNetwork` the gradient is written out by hand (two passes over the
+    ``(batch, hidden)`` activations, and d separate matrix-vector products when d ≤ `SMALL_DIM`),
+    which is 3× faster than reverse-mode autodiff on CPU at d = 2, N = 1000, batch 128. Any
+    other model (a `SamplerOnly`, a subclass, your own module) goes through
+    `equinox.filter_value_and_grad`. Both give the same numbers up to float rounding.
+
+    **Arguments:** `model` (an equinox module), `x` and `noise` ``(batch, dim)``, `sigma` > 0.
+
+    **Returns:** ``(loss, grads)``: a scalar and a pytree shaped like
+    ``equinox.filter(model, equinox.is_inexact_array)``.
+    """
+    if type(model) is ScoreNetwork and jnp.ndim(x) == 2:
+        return _score_network_value_and_grad(model, x, noise, sigma)
+
+    @eqx.filter_value_and_grad
+    def loss_fn(m):
+        return dsm_loss_with_noise(m, x, noise, sigma)
+
+    return loss_fn(model)

@@ -25,7 +25,7 @@ import optax
 
 from . import checkpoint as ckpt
 from ._validation import check_array, check_int, check_key, check_positive
-from .dsm import dsm_loss_with_noise
+from .dsm import dsm_value_and_grad
 
 __all__ = ["fit", "History", "TrainingDivergedError", "CHECKPOINT_NAME"]
 
@@ -244,29 +244,25 @@ def fit(
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     noise_root, data_root = jax.random.split(key)
 
-    def loss_fn(p, batch, noise, sigma):
-        net = eqx.combine(p, static)
-        return dsm_loss_with_noise(net, batch, noise, sigma)
-
     def one_step(carry, xs):
         p, opt_state, sigma, level_key, data_in = carry
         step, batch_idx = xs
-        step_key = jax.random.fold_in(level_key, step)
-        k_data, k_noise = jax.random.split(step_key)
+        k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
         if data_array is not None:
             batch = data_in[batch_idx]
         else:
             batch = jnp.asarray(draw(k_data, batch_size), dtype)
         noise = jax.random.normal(k_noise, batch.shape, dtype)
-        loss, grads = jax.value_and_grad(loss_fn)(p, batch, noise, sigma)
+        loss, grads = dsm_value_and_grad(eqx.combine(p, static), batch, noise, sigma)
         updates, opt_state = tx.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
         return (p, opt_state, sigma, level_key, data_in), loss
 
-    @jax.jit
     def run_chunk(p, opt_state, sigma, level_key, data_in, steps, batch_idx):
         carry, losses = jax.lax.scan(one_step, (p, opt_state, sigma, level_key, data_in), (steps, batch_idx))
         return carry[0], carry[1], losses
+
+    run_chunk = jax.jit(run_chunk)
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
