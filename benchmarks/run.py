@@ -155,12 +155,16 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
     # (not round-robin in one process: PyTorch's OpenMP threads and XLA's thread pool slow each
     # other down when they share a process on 2 cores)
     job("rsnjax training", "default", [
-        {"repeats": 1 if q else 2, "interleave": [
+        {"repeats": 2, "interleave": [
             ["cases_jax:rsnjax_fit", dict(dim=2, hidden=1000, batch=128, chunk=500 if q else 1000,
-                                          extra_chunks=1 if q else 3, repeats=1)]]},
+                                          extra_chunks=2 if q else 3, repeats=1)]]},
         {"repeats": 1 if q else 2, "interleave": [
             ["cases_jax:rsnjax_fit", dict(dim=300, hidden=20_000, batch=64, chunk=5 if q else 20,
-                                          extra_chunks=1 if q else 2, repeats=1, data="array")]]},
+                                          extra_chunks=1 if q else 2, repeats=1, data="array")],
+            # the same with SGD: the difference is the cost of Adam's update of 12 M parameters
+            ["cases_jax:rsnjax_fit", dict(dim=300, hidden=20_000, batch=64, chunk=5 if q else 20,
+                                          extra_chunks=1 if q else 2, repeats=1, data="array",
+                                          optimizer="sgd")]]},
     ], "training")
     # PyTorch with its default threads (one per core) and with one thread: on a loaded 2-core
     # machine two OpenMP threads can stall each other; the target check uses the faster of the two

@@ -136,6 +136,32 @@ def test_fit_accepts_arrays_and_callables_and_is_reproducible():
     assert hc.loss[30:40].mean() < hc.loss[:10].mean()
 
 
+def test_fit_reuses_its_compiled_chunk_and_sees_new_target_arrays():
+    """A second `fit` with the same optimiser object reuses the compiled chunk; the target's
+    arrays are arguments of that program, so another target of the same kind is honoured."""
+    from rsnjax.training import _cached_chunk_runner
+
+    net = ScoreNetwork(1, 16, key=jax.random.key(0))
+    opt = optax.adam(1e-2)
+    kw = dict(sigmas=[0.5], steps_per_level=20, batch_size=32, key=jax.random.key(1), progress=False,
+              optimizer=opt)
+    near = targets.double_peak()
+    _cached_chunk_runner.cache_clear()
+    first, _ = rsnjax.fit(net, near, **kw)
+    again, _ = rsnjax.fit(net, near, **kw)
+    assert _cached_chunk_runner.cache_info().hits >= 1
+    for u, v in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(u, v)
+    # the same kind of target (2 components in 1-D), other numbers
+    two = targets.GaussianMixture(np.array([[-3.0], [3.0]]), np.array([[[0.1]], [[0.1]]]), np.array([0.5, 0.5]))
+    cached, _ = rsnjax.fit(net, two, **kw)
+    _cached_chunk_runner.cache_clear()
+    fresh, _ = rsnjax.fit(net, two, **kw)
+    for u, v in zip(jax.tree_util.tree_leaves(cached), jax.tree_util.tree_leaves(fresh)):
+        np.testing.assert_array_equal(u, v)
+    assert not np.allclose(cached.b, first.b)
+
+
 def test_weight_decay_is_added_to_the_gradient_before_the_optimizer():
     """With SGD, one step with L2 decay λ moves every parameter by −lr(∇L + λθ): compare the
     decayed run with the undecayed one from the same key (same batch and noise)."""

@@ -3,6 +3,8 @@ training, JSON output and small table builders."""
 
 from __future__ import annotations
 
+import functools
+
 import json
 import math
 import os
@@ -103,6 +105,7 @@ def enable_compilation_cache() -> str | None:
     return root
 
 
+@functools.lru_cache(maxsize=32)
 def make_optimizer(learning_rate: float, *, amsgrad: bool = False, schedule: str = "constant",
                    steps_per_level: int | None = None) -> optax.GradientTransformation:
     """``optax.amsgrad`` or ``optax.adam``.
@@ -110,6 +113,7 @@ def make_optimizer(learning_rate: float, *, amsgrad: bool = False, schedule: str
     ``schedule="constant"`` (the paper) keeps `learning_rate`; ``"cosine"`` decays it to 0 over
     `steps_per_level` steps. `fit` re-creates the optimiser state at every level, so the cosine
     restarts at every noise level (the schedule's step count lives in that state).
+    Cached, so the levels share one optimiser object and `fit` reuses its compiled chunk.
     """
     if schedule == "cosine":
         if steps_per_level is None:
