@@ -72,6 +72,7 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
     job("limits (NumPy, PyTorch)", "default", [
         ["cases_numpy:numpy_matmul", dict(size=2048, repeats=rep + 2)],
         ["cases_numpy:numpy_stream", dict(megabytes=64 if q else 256, repeats=rep + 2)],
+        ["cases_numpy:numpy_stream", dict(megabytes=64 if q else 256, repeats=rep + 2, threads=os.cpu_count() or 1)],
         ["cases_torch:torch_matmul", dict(size=2048, repeats=rep + 2)],
     ], "limits")
 

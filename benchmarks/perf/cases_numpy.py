@@ -59,11 +59,29 @@ def numpy_matmul(*, size=2048, repeats):
         group="limits", workload=f"float32 matmul {size}×{size}", impl="NumPy BLAS (all threads)"))
 
 
-def numpy_stream(*, megabytes=256, repeats):
+def numpy_stream(*, megabytes=256, repeats, threads=1):
+    """Streaming bandwidth: y = a·x over ``megabytes`` in and out, split over ``threads`` Python
+    threads (NumPy releases the GIL in the multiply), bytes read plus written per second."""
+    import threading
+
     n = megabytes * 2**20 // 4
     a = np.ones(n, np.float32)
     out = np.empty_like(a)
     np.multiply(a, 1.0001, out=out)
-    return Prepared(lambda: np.multiply(a, np.float32(1.0001), out=out), work=2 * n * 4, unit="bytes", row=dict(
+    bounds = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
+
+    def part(lo, hi):
+        np.multiply(a[lo:hi], np.float32(1.0001), out=out[lo:hi])
+
+    def run():
+        if threads == 1:
+            return part(0, n)
+        workers = [threading.Thread(target=part, args=b) for b in bounds]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return Prepared(run, work=2 * n * 4, unit="bytes", row=dict(
         group="limits", workload=f"streaming y = a·x, {megabytes} MB in, {megabytes} MB out",
-        impl="NumPy (1 thread)"))
+        impl=f"NumPy ({threads} thread{'s' if threads > 1 else ''})"))

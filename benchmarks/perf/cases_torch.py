@@ -146,7 +146,8 @@ def dsm_training(*, dim, hidden, batch, steps, repeats, activation="relu", data=
         one_step(k)
     return Prepared(run, work=steps, unit="steps", row=dict(
         group="training", workload=wl, impl=f"{impl}, {torch.get_num_threads()} threads", steps=steps,
-        dim=dim, hidden=hidden, batch=batch, data=data, flop_per_step=10 * batch * dim * hidden))
+        dim=dim, hidden=hidden, batch=batch, data=data, flop_per_step=10 * batch * dim * hidden,
+        params=2 * dim * hidden + hidden, optimizer="adam"))
 
 
 def torch_matmul(*, size=2048, repeats):
