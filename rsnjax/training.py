@@ -5,6 +5,10 @@ jit-compiled `lax.scan` over a chunk of optimiser steps, then control returns to
 the progress bar, check the loss is finite and write checkpoints. Every random draw of step t of
 level k is made with a key folded from (``key``, k, t), so the result does not depend on the chunk
 size and a resumed run gives the same parameters as an uninterrupted one.
+
+A step's loss and gradient come from `rsnjax.dsm_value_and_grad` (hand-written for a
+`ScoreNetwork`). The compiled chunk is cached on the model's structure and the optimiser object,
+so calling `fit` again with the same optimiser (e.g. once per noise level) does not compile again.
 """
 
 from __future__ import annotations
@@ -198,7 +202,8 @@ def fit(
       given instead (steps = epochs × ⌊num / batch_size⌋).
     - `batch_size`: examples per step.
     - `optimizer`: an optax transformation (default ``optax.adam(1e-3)``; the paper's double peak
-      uses ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``).
+      uses ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``). Pass the same object to later
+      `fit` calls to reuse the compiled program.
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
