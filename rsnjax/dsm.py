@@ -128,7 +128,9 @@ def _score_network_value_and_grad(net, x, noise, sigma):
         grad_A = g.T @ h
         grad_B = g_hidden.T @ noisy
     grad_b = jnp.sum(g_hidden, axis=0)
-    grads = eqx.tree_at(lambda m: (m.A, m.B, m.b), net, (grad_A, grad_B, grad_b))
+    # gradients in the parameters' dtypes, as autodiff gives them
+    grads = eqx.tree_at(lambda m: (m.A, m.B, m.b), net,
+                        (grad_A.astype(A.dtype), grad_B.astype(B.dtype), grad_b.astype(b.dtype)))
     return loss, eqx.filter(grads, eqx.is_inexact_array)
 
 
@@ -148,11 +150,23 @@ def dsm_value_and_grad(
     `equinox.filter_value_and_grad`. Both give the same numbers up to float rounding.
 
     **Arguments:** `model` (an equinox module), `x` and `noise` ``(batch, dim)``, `sigma` > 0.
+    Works inside `jax.jit` (the value checks are then skipped, the shape checks are not).
 
     **Returns:** ``(loss, grads)``: a scalar and a pytree shaped like
     ``equinox.filter(model, equinox.is_inexact_array)``.
     """
-    if type(model) is ScoreNetwork and jnp.ndim(x) == 2:
+    if not callable(model) or not jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)):
+        raise TypeError("`model` must be an equinox module with trainable floating-point arrays "
+                        f"(e.g. a ScoreNetwork or SamplerOnly), got {type(model).__name__}")
+    x = check_array(x, "x", ndim=2, min_rows=1)
+    noise = check_array(noise, "noise", ndim=2)
+    if noise.shape != x.shape:
+        raise ValueError(f"`noise` must have the shape of `x` {tuple(x.shape)}, got {tuple(noise.shape)}")
+    sigma = check_positive(sigma, "sigma")
+    if type(model) is ScoreNetwork:
+        if x.shape[-1] != model.dim:
+            raise ValueError(f"`x` must have last axis of size {model.dim} (the model's dimension), "
+                             f"got shape {tuple(x.shape)}")
         return _score_network_value_and_grad(model, x, noise, sigma)
 
     @eqx.filter_value_and_grad

@@ -174,6 +174,15 @@ def test_dsm_loss(x, sigma, key):
         assert np.shape(loss) == ()
 
 
+@FUZZ
+@given(x=points(2), noise=points(2), sigma=maybe(st.floats(0.01, 2)))
+def test_dsm_value_and_grad(x, noise, sigma):
+    out = documented(rsnjax.dsm_value_and_grad, NET, x, noise, sigma)
+    if out is not None:
+        loss, grads = out
+        assert np.shape(loss) == () and grads.A.shape == NET.A.shape and grads.B.shape == NET.B.shape
+
+
 # --- fit (max_chunks=0: every check runs, nothing is compiled) ----------------------------------
 
 
@@ -310,6 +319,8 @@ CASES = {
                          ["sigma_max", "sigma_min", "num_levels"]),
     "dsm_loss": (rsnjax.dsm_loss, dict(score_fn=NET, x=_DATA_2D, sigma=0.5, key=jax.random.key(0)),
                  ["score_fn", "x", "sigma", "key"]),
+    "dsm_value_and_grad": (rsnjax.dsm_value_and_grad, dict(model=NET, x=_DATA_2D, noise=_DATA_2D, sigma=0.5),
+                           ["model", "x", "noise", "sigma"]),
     "fit": (rsnjax.fit, dict(model=NET, data=_DATA_2D, sigmas=[1.0, 0.5], steps_per_level=2, batch_size=4,
                              weight_decay=0.0, key=jax.random.key(0), progress=False, max_chunks=0),
             ["model", "data", "sigmas", "steps_per_level", "batch_size", "weight_decay", "key",
