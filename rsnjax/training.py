@@ -110,7 +110,7 @@ def _describe_spec(spec: dict) -> str:
 
 def _cached(function):
     """`functools.lru_cache`, falling back to an uncached call for unhashable arguments."""
-    cached = functools.lru_cache(maxsize=32)(function)
+    cached = functools.lru_cache(maxsize=8)(function)
 
     @functools.wraps(function)
     def call(*args):
@@ -162,8 +162,16 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
 #: `_build_chunk_runner` cached on everything that is not an array (the model's static part, the
 #: optimiser object, the target's static part, the batch size, the dtype): a second `fit` with
 #: the same optimiser object and model type reuses the compiled program instead of tracing and
-#: compiling it again (≈ 1 s each time). Not used for a data callable, whose closure may change.
+#: compiling it again (≈ 1 s each time). The 8 most recent entries are kept (each holds the
+#: programs compiled for it; `jax.clear_caches()` frees them). Used for array data and for
+#: targets that are equinox modules (their JAX arrays become arguments); not for a data callable
+#: or a plain-object target, whose state may change between calls.
 _cached_chunk_runner = _cached(_build_chunk_runner)
+
+#: Errors of a target whose `sample` needs concrete values of its arrays; `fit` then closes over
+#: the target instead of passing its arrays in.
+_CONCRETE_VALUE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                          jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
 
 #: The optimiser when none is given (one object, so that the compiled chunk is reused).
 DEFAULT_OPTIMIZER = optax.adam(1e-3)
@@ -203,7 +211,8 @@ def fit(
     - `batch_size`: examples per step.
     - `optimizer`: an optax transformation (default ``optax.adam(1e-3)``; the paper's double peak
       uses ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``). Pass the same object to later
-      `fit` calls to reuse the compiled program.
+      `fit` calls to reuse the compiled program (it is traced once, so values its closures read
+      are taken as they were then).
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
@@ -256,8 +265,13 @@ def fit(
     if _is_target(data):
         if dim is not None and data.dim != dim:
             raise ValueError(f"`data` (a target of dim {data.dim}) does not match the model's dim {dim}")
-        source, source_static = eqx.partition(data, eqx.is_array)
-        draw = None
+        target = data
+        if isinstance(data, eqx.Module):  # its JAX arrays become arguments of the cached program
+            source, source_static = eqx.partition(data, lambda leaf: isinstance(leaf, jax.Array))
+            draw = None
+        else:  # a plain object: closed over, not cached (its attributes may change)
+            source, source_static = None, None
+            draw = lambda k, bs: target.sample(k, bs)  # noqa: E731
         kind = f"target:{type(data).__name__}:{_array_fingerprint(data)}"
     elif callable(data) and not isinstance(data, (np.ndarray, jax.Array)):
         source, source_static, draw = None, None, data
@@ -407,9 +421,17 @@ def fit(
                 # A run resumed with another chunk size first realigns to a chunk boundary.
                 length = chunk - step % chunk
                 steps = jnp.arange(step, step + length, dtype=jnp.int32)
-                new_params, new_opt, losses = run_chunk(
-                    params, opt_state, sigma, level_key, data_in, source, steps,
-                    batch_indices(level, step, length))
+                args = (params, opt_state, sigma, level_key, data_in, source, steps,
+                        batch_indices(level, step, length))
+                try:
+                    new_params, new_opt, losses = run_chunk(*args)
+                except _CONCRETE_VALUE_ERRORS:
+                    if source is None:
+                        raise
+                    # the target's `sample` needs concrete values: close over it instead
+                    source, draw = None, (lambda k, bs: target.sample(k, bs))
+                    run_chunk = _build_chunk_runner(static, tx, None, draw, False, batch_size, dtype)
+                    new_params, new_opt, losses = run_chunk(*args[:5], None, *args[6:])
                 losses = np.asarray(losses)
                 g0 = level * steps_per_level + step
                 if not np.all(np.isfinite(losses)):

@@ -101,6 +101,8 @@ def analyse(rows: list[dict], meta: dict) -> dict:
     for r in rows:
         if r.get("group") not in ("sampling", "training") or not _ok(r):
             continue
+        if r["group"] == "training" and r["impl"].startswith("rsnjax"):
+            continue  # rsnjax rows are the reference (the SGD row is not a comparison)
         ref = _find(rows, r["workload"], _is_rsnjax_tuned) if r["group"] == "sampling" else \
             _find(rows, r["workload"], _is_rsnjax_fit_adam)
         if ref is not None:

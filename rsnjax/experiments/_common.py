@@ -144,8 +144,9 @@ def fit_levels(
 ):
     """Train over the schedule one level at a time, so the model after every level is kept.
 
-    Each level is one `fit` call with a one-level schedule and a freshly created optimiser — the
-    authors' ``reset_optimizer`` semantics — with key ``fold_in(key, level)``.
+    Each level is one `fit` call with a one-level schedule and a fresh optimiser state — the
+    authors' ``reset_optimizer`` semantics — with key ``fold_in(key, level)``. The levels share
+    one (cached, stateless) optax transformation, so the training chunk compiles once.
 
     **Returns:** ``(model, history, per_level)``: the final model, a `History` over all levels,
     and the list of ``after_level(level, model)`` results (empty when it is None).
