@@ -174,6 +174,7 @@ def test_dsm_loss(x, sigma, key):
         assert np.shape(loss) == ()
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # hypothesis' casts
 @FUZZ
 @given(x=points(2), noise=points(2), sigma=maybe(st.floats(0.01, 2)))
 def test_dsm_value_and_grad(x, noise, sigma):
