@@ -4,7 +4,6 @@ training, JSON output and small table builders."""
 from __future__ import annotations
 
 import functools
-
 import json
 import math
 import os
