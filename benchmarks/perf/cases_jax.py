@@ -289,7 +289,7 @@ def rsnjax_fit(*, dim, hidden, batch, chunk, extra_chunks, repeats, activation="
 
     import rsnjax
 
-    from common import time_once
+    from common import dsm_step_cost, time_once
 
     net = rsnjax.ScoreNetwork(dim, hidden, activation=activation, key=jax.random.key(0))
     if data == "target":
@@ -321,8 +321,7 @@ def rsnjax_fit(*, dim, hidden, batch, chunk, extra_chunks, repeats, activation="
     impl = "rsnjax.fit (jax, 1 device)" + ("" if optimizer == "adam" else f", {optimizer} instead of Adam")
     row = dict(group="training", workload=wl, impl=impl, first_call_s=first_s, optimizer=optimizer,
                steps=extra_chunks * chunk, chunk=chunk, dim=dim, hidden=hidden, batch=batch, data=data,
-               # the five matrix products of a step (two forward, three backward), 2·batch·d·N each
-               flop_per_step=10 * batch * dim * hidden, params=2 * dim * hidden + hidden)
+               **dsm_step_cost(dim=dim, hidden=hidden, batch=batch))
 
     return Prepared(lambda: run(1 + extra_chunks), work=extra_chunks * chunk, unit="steps", row=row,
                     timer=timer, extra=lambda: {"fixed_s": last.get("fixed_s"), "final_loss": last.get("loss")})

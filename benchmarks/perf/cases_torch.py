@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from common import (STEP_SIZE, Prepared, initial_reservoir_state, reservoir_weights, skipped,
+from common import (STEP_SIZE, Prepared, dsm_step_cost, initial_reservoir_state, reservoir_weights, skipped,
                     workload_name)
 
 
@@ -146,8 +146,8 @@ def dsm_training(*, dim, hidden, batch, steps, repeats, activation="relu", data=
         one_step(k)
     return Prepared(run, work=steps, unit="steps", row=dict(
         group="training", workload=wl, impl=f"{impl}, {torch.get_num_threads()} threads", steps=steps,
-        dim=dim, hidden=hidden, batch=batch, data=data, flop_per_step=10 * batch * dim * hidden,
-        params=2 * dim * hidden + hidden, optimizer="adam"))
+        dim=dim, hidden=hidden, batch=batch, data=data, optimizer="adam",
+        **dsm_step_cost(dim=dim, hidden=hidden, batch=batch)))
 
 
 def torch_matmul(*, size=2048, repeats):

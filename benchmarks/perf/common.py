@@ -99,6 +99,12 @@ def skipped(*, group: str, workload: str, impl: str, reason: str, **extra) -> di
     return {"group": group, "workload": workload, "impl": impl, "skipped": reason, **extra}
 
 
+def dsm_step_cost(*, dim: int, hidden: int, batch: int) -> dict:
+    """A DSM training step's size, for its bound: ``flop_per_step``, the five matrix products
+    (two forward, three backward) of 2·batch·d·N FLOP each, and ``params``, 2dN + N."""
+    return {"flop_per_step": 10 * batch * dim * hidden, "params": 2 * dim * hidden + hidden}
+
+
 def workload_name(kind: str, **p) -> str:
     """Stable, human-readable workload labels used to line up rows across implementations."""
     if kind == "reservoir":
