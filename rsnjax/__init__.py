@@ -7,12 +7,14 @@ __version__ = "0.1.0"
 
 from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
-from .dsm import dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
+from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
+from .extent import DataExtent, data_extent
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
 from .reservoir import RankDeficientReadoutError, ReservoirSampler
-from .sampling import SampleResult, SimulationDivergedError, as_sde, configure_cpu, sample, skew_symmetric
+from .sampling import (SampleResult, SamplingWarning, SimulationDivergedError, as_sde, configure_cpu, sample,
+                       skew_symmetric, stable_step_size)
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
-from .training import History, TrainingDivergedError, fit
+from .training import History, TrainingDivergedError, default_optimizer, fit
 
 __all__ = [
     "__version__",
@@ -28,12 +30,18 @@ __all__ = [
     "History",
     "TrainingDivergedError",
     "geometric_sigmas",
+    "default_sigmas",
+    "default_optimizer",
+    "DataExtent",
+    "data_extent",
     "dsm_loss",
     "dsm_loss_with_noise",
     "dsm_value_and_grad",
     "sample",
+    "stable_step_size",
     "SampleResult",
     "SimulationDivergedError",
+    "SamplingWarning",
     "as_sde",
     "skew_symmetric",
     "configure_cpu",

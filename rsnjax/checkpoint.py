@@ -32,6 +32,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .extent import DataExtent, with_extent
+
 __all__ = [
     "save",
     "load",
@@ -214,6 +216,9 @@ def save(path: str | os.PathLike, model: Any, *, extra: Any = None, metadata: di
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "metadata": metadata or {},
     }
+    extent = getattr(model, "extent", None)
+    if extent is not None:  # the training data's extent (see rsnjax.extent); restored by `load`
+        header["extent"] = extent.to_json()
     try:
         header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError) as err:
@@ -322,12 +327,18 @@ def load_with_extra(path: str | os.PathLike, extra_like: Any = None) -> tuple[An
     try:
         if extra_like is None:
             # The model's leaves come first in the payload; the rest is not read.
-            return eqx.tree_deserialise_leaves(io.BytesIO(payload), template_model), None, header
-        model, extra = eqx.tree_deserialise_leaves(io.BytesIO(payload), (template_model, extra_like))
+            model, extra = eqx.tree_deserialise_leaves(io.BytesIO(payload), template_model), None
+        else:
+            model, extra = eqx.tree_deserialise_leaves(io.BytesIO(payload), (template_model, extra_like))
     except Exception as err:  # noqa: BLE001 - equinox raises several types on mismatch
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not match the expected structure: {err}"
         ) from None
+    if "extent" in header:
+        try:
+            model = with_extent(model, DataExtent.from_json(header["extent"]))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} has a bad data extent: {err}") from None
     return model, extra, header
 
 

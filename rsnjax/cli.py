@@ -190,16 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=positive_int, default=256, metavar="N",
                    help="reservoir size N (rsn only)")
     p.add_argument("--activation", choices=ACTIVATION_NAMES, default="relu", help="nonlinearity phi")
-    p.add_argument("--sigma-max", type=positive_float, default=1.0, help="largest noise level")
-    p.add_argument("--sigma-min", type=positive_float, default=100 ** -0.9,
-                   help="smallest noise level (default: 100^-0.9 = 0.01585, the paper's)")
-    p.add_argument("--num-levels", type=positive_int, default=10,
-                   help="number of geometric noise levels")
-    p.add_argument("--steps-per-level", type=positive_int, default=1000, help="optimiser steps per level")
+    p.add_argument("--sigma-max", type=positive_float, default=None,
+                   help="largest noise level (default: from the data, rsnjax.default_sigmas)")
+    p.add_argument("--sigma-min", type=positive_float, default=None,
+                   help="smallest noise level (default: from the data; the paper's is 100^-0.9 = 0.01585)")
+    p.add_argument("--num-levels", type=positive_int, default=None,
+                   help="number of geometric noise levels (default: from the data, at least 10)")
+    p.add_argument("--steps-per-level", type=positive_int, default=2000, help="optimiser steps per level")
     p.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
     p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="optimiser learning rate")
-    p.add_argument("--optimizer", choices=("adam", "amsgrad"), default="adam",
-                   help="optax optimiser (the paper's double peak used amsgrad)")
+    p.add_argument("--optimizer", choices=("default", "adam", "amsgrad"), default="default",
+                   help="default: Adam cosine-decayed to 1%% within every level (fit's default); "
+                        "adam / amsgrad: constant learning rate (the paper's double peak used amsgrad)")
+    p.add_argument("--ema-decay", type=non_negative_float, default=0.999,
+                   help="return the moving average of the parameters with this decay (0: the last iterate)")
+    p.add_argument("--no-antithetic", dest="antithetic", action="store_false", default=True,
+                   help="independent noise per example instead of antithetic pairs ±eps")
+    p.add_argument("--confine", type=non_negative_float, default=1.0,
+                   help="weight of the far-field penalty keeping the drift inward outside the data (0: off)")
     p.add_argument("--weight-decay", type=non_negative_float, default=0.0,
                    help="PyTorch-style L2 decay added to the gradient before the optimiser")
     p.add_argument("--keep-optimizer-state", action="store_true", default=False,
@@ -575,7 +583,7 @@ def _load_model(path: str):
 #: Options that define a training run (compared on --resume). The rest only steer execution.
 _RUN_KEYS = ("target", "model", "hidden", "activation", "sigma_max", "sigma_min", "num_levels",
              "steps_per_level", "batch_size", "learning_rate", "optimizer", "weight_decay",
-             "keep_optimizer_state", "seed")
+             "keep_optimizer_state", "ema_decay", "antithetic", "confine", "seed")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -622,7 +630,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
     import optax
 
-    from . import SamplerOnly, ScoreNetwork, fit, geometric_sigmas
+    from . import SamplerOnly, ScoreNetwork, default_optimizer, default_sigmas, fit, geometric_sigmas
     from .training import TrainingDivergedError
 
     if data_sha is None:
@@ -633,15 +641,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = _load_array_file(target_arg, "data file")
         dim = data.shape[1]
         data_desc = f"data {target_arg!r} ({data.shape[0]} x {dim})"
-    sigmas = geometric_sigmas(args.sigma_max, args.sigma_min, args.num_levels)
     key_init, key_fit = jax.random.split(jax.random.key(args.seed))
+    sigmas = None
+    if (args.sigma_max, args.sigma_min, args.num_levels) != (None, None, None):
+        points = data if data_sha is not None else data.sample(jax.random.fold_in(key_fit, 1), 10_000)
+        derived = default_sigmas(np.asarray(points))
+        sigma_max = args.sigma_max if args.sigma_max is not None else float(derived[0])
+        sigma_min = args.sigma_min if args.sigma_min is not None else min(float(derived[-1]), sigma_max)
+        sigmas = geometric_sigmas(sigma_max, sigma_min, args.num_levels or len(derived))
     if args.model == "rsn":
         model = ScoreNetwork(dim, args.hidden, activation=args.activation, key=key_init)
     else:
         dynamics = "synaptic_current" if args.model == "so-sc" else "firing_rate"
         model = SamplerOnly(dim, dynamics=dynamics, activation=args.activation, key=key_init)
-    make = optax.amsgrad if args.optimizer == "amsgrad" else optax.adam
-    optimizer = make(args.learning_rate)
+    if args.optimizer == "default":
+        optimizer = default_optimizer(args.steps_per_level, args.learning_rate)
+    else:
+        optimizer = (optax.amsgrad if args.optimizer == "amsgrad" else optax.adam)(args.learning_rate)
 
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume and state_file.exists():  # --overwrite: start the run afresh
@@ -650,13 +666,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _write_json(config_file, {"run": run, "rsnjax_version": __version__})
     _say(f"rsnjax train: {args.model} (dim {dim}" + (f", hidden {args.hidden}" if args.model == "rsn" else "")
-         + f") on {data_desc}; {args.num_levels} levels x {args.steps_per_level} steps; out {str(out)!r}")
+         + f") on {data_desc}; "
+         + (f"{len(sigmas)} levels" if sigmas is not None else "noise levels from the data")
+         + f" x {args.steps_per_level} steps; out {str(out)!r}")
     start = time.perf_counter()
     try:
         trained, history = fit(
             model, data, sigmas=sigmas, steps_per_level=args.steps_per_level,
             batch_size=args.batch_size, optimizer=optimizer, weight_decay=args.weight_decay,
             reset_optimizer=not args.keep_optimizer_state, key=key_fit, progress=args.progress,
+            ema_decay=args.ema_decay or None, antithetic=args.antithetic, confine=args.confine or None,
             chunk_size=args.chunk_size, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
             resume=args.resume, max_chunks=args.max_chunks)
     except TrainingDivergedError as err:
@@ -677,7 +696,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import save
 
     level_loss = np.asarray(history.level_loss)
-    summary = {"sigmas": np.asarray(sigmas), "level_loss": level_loss,
+    sigmas = np.asarray(history.sigmas)
+    summary = {"sigmas": sigmas, "level_loss": level_loss,
                "final_loss": float(np.mean(history.loss[-max(1, args.steps_per_level // 4):])),
                "steps_per_level": args.steps_per_level, "total_steps": total,
                "seconds": round(seconds, 3)}
@@ -740,6 +760,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
               "wall_time": np.float64(result.wall_time), "compile_time": np.float64(result.compile_time)}
     if result.trajectory is not None:
         arrays["trajectory"] = np.asarray(result.trajectory)
+    if result.escaped is not None:
+        arrays["escaped"] = np.asarray(result.escaped)
+    if result.rhat is not None:
+        arrays["rhat"] = np.float64(result.rhat)
     meta = {"checkpoint": str(checkpoint), "model": info["model"], "space": space,
             "chains": args.chains, "steps": args.steps, "step_size": args.step_size,
             "burn_in": args.burn_in, "save_every": args.save_every, "backend": args.backend,
@@ -750,6 +774,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"wrote {str(out)!r}: samples {arrays['samples'].shape}"
           + (f", trajectory {arrays['trajectory'].shape}" if "trajectory" in arrays else "")
           + (f", {bad} non-finite chains" if bad else "")
+          + (f", {result.num_escaped} chains outside the training data" if result.num_escaped else "")
+          + (f", R-hat {result.rhat:.3f}" if result.rhat is not None else "")
           + f" (compile {result.compile_time:.2f} s, run {result.wall_time:.2f} s)")
     return EXIT_OK
 

@@ -17,10 +17,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from . import checkpoint, targets
-from .dsm import geometric_sigmas
 from .networks import ScoreNetwork
 from .reservoir import ReservoirSampler
 from .sampling import sample
@@ -42,11 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=sorted(TARGETS), default="double-peak", help="target distribution (default: double-peak)")
     p.add_argument("--hidden", type=int, default=1000, help="reservoir size N (default: 1000)")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="φ (default: relu)")
-    p.add_argument("--num-levels", type=int, default=10, help="noise levels (default: 10)")
-    p.add_argument("--sigma-min", type=float, default=100**-0.9, help="smallest σ (default: 100^-0.9 ≈ 0.0158, the paper's)")
-    p.add_argument("--steps-per-level", type=int, default=600, help="optimiser steps per level (default: 600)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128, the paper's)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam peak learning rate, cosine-decayed within each level (default: 1e-3)")
+    p.add_argument("--steps-per-level", type=int, default=None,
+                   help="optimiser steps per level (default: fit's, 2000); the noise levels, optimiser and "
+                        "parameter averaging are fit's defaults")
     p.add_argument("--chains", type=int, default=10_000, help="parallel chains (default: 10000)")
     p.add_argument("--burn-in", type=int, default=1000, help="Euler–Maruyama steps before saving starts (default: 1000)")
     p.add_argument("--steps", type=int, default=2000, help="Euler–Maruyama steps after burn-in (default: 2000)")
@@ -123,17 +119,17 @@ def main(argv=None) -> int:
     key = jax.random.key(args.seed)
     k_init, k_fit, k_sample, k_eval = jax.random.split(key, 4)
 
-    sigmas = geometric_sigmas(1.0, args.sigma_min, args.num_levels)
     net = ScoreNetwork(target.dim, args.hidden, activation=args.activation, key=k_init)
-    optimizer = optax.adam(optax.cosine_decay_schedule(args.learning_rate, args.steps_per_level, 0.01))
-    print(f"[1/4] training ScoreNetwork(dim={target.dim}, hidden={args.hidden}, {args.activation}) on {args.target}: "
-          f"{args.num_levels} noise levels {sigmas[0]:.3g} → {sigmas[-1]:.3g}, {args.steps_per_level} steps each, batch {args.batch_size}")
+    print(f"[1/4] training ScoreNetwork(dim={target.dim}, hidden={args.hidden}, {args.activation}) on {args.target} "
+          "with fit's defaults (noise levels from the data, Adam cosine-decayed per level, parameter average)")
     t0 = time.perf_counter()
-    net, history = fit(net, target, sigmas=sigmas, steps_per_level=args.steps_per_level, batch_size=args.batch_size,
-                       optimizer=optimizer, key=k_fit, progress=False if args.no_progress else None)
+    net, history = fit(net, target, steps_per_level=args.steps_per_level, key=k_fit,
+                       progress=False if args.no_progress else None)
     train_time = time.perf_counter() - t0
     total_steps = len(history.loss)
-    print(f"      {total_steps} steps in {train_time:.1f} s ({total_steps / train_time:.0f} steps/s incl. compilation)")
+    sigmas = np.asarray(history.sigmas)
+    print(f"      {len(sigmas)} levels σ = {sigmas[0]:.3g} → {sigmas[-1]:.3g}; "
+          f"{total_steps} steps in {train_time:.1f} s ({total_steps / train_time:.0f} steps/s incl. compilation)")
     checkpoint.save(out / "model.ckpt", net, metadata={"target": args.target, "sigmas": sigmas.tolist()})
 
     print("[2/4] mapping onto the reservoir: W_out = A, W_rec = B·A (rank "
@@ -148,7 +144,8 @@ def main(argv=None) -> int:
     result = sample(reservoir, key=k_sample, num_chains=args.chains, num_steps=args.steps, step_size=args.step_size,
                     burn_in=args.burn_in, save_every=save_every, init="uniform")
     rate = args.chains * (args.burn_in + args.steps) / result.wall_time
-    print(f"      {result.wall_time:.1f} s ({rate / 1e6:.2f} M chain-steps/s), compile {result.compile_time:.1f} s")
+    print(f"      {result.wall_time:.1f} s ({rate / 1e6:.2f} M chain-steps/s), compile {result.compile_time:.1f} s; "
+          f"{result.num_escaped} chains outside the training data, R̂ {result.rhat:.3f}")
     np.savez(out / "samples.npz", samples=np.asarray(result.samples), trajectory=np.asarray(result.trajectory))
 
     print("[4/4] metrics against the target")
@@ -165,7 +162,7 @@ def main(argv=None) -> int:
         "num_chains": args.chains, "burn_in": args.burn_in, "num_steps": args.steps, "step_size": args.step_size,
         "train_seconds": train_time, "train_steps": total_steps,
         "sample_seconds": result.wall_time, "sample_compile_seconds": result.compile_time,
-        "chain_steps_per_second": rate, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+        "chain_steps_per_second": rate, "escaped_chains": result.num_escaped, "sample_rhat": result.rhat, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
     })
     table = metrics.format_table(values)
     print(table)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._validation import check_array, check_int, check_key
+from .extent import DataExtent
 
 __all__ = ["ScoreNetwork", "SamplerOnly", "ACTIVATIONS", "get_activation"]
 
@@ -53,7 +54,8 @@ class ScoreNetwork(eqx.Module):
     - `key`: PRNG key for the initial weights (PyTorch ``nn.Linear`` initialisation, as in the
       authors' code: U(±1/√d) for B and b, U(±1/√N) for A).
 
-    **Fields:** ``A`` ``(dim, hidden)``, ``B`` ``(hidden, dim)``, ``b`` ``(hidden,)``.
+    **Fields:** ``A`` ``(dim, hidden)``, ``B`` ``(hidden, dim)``, ``b`` ``(hidden,)``, and
+    ``extent``: the `DataExtent` of the data `fit` trained it on (None before training).
 
     Calling it on ``x`` of shape ``(..., dim)`` returns the score, shape ``(..., dim)``.
     """
@@ -62,6 +64,7 @@ class ScoreNetwork(eqx.Module):
     B: Float[Array, "hidden dim"]
     b: Float[Array, " hidden"]
     activation: str = eqx.field(static=True)
+    extent: DataExtent | None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int, hidden: int, *, activation: str = "relu", key: PRNGKeyArray):
         dim = check_int(dim, "dim")
@@ -74,6 +77,7 @@ class ScoreNetwork(eqx.Module):
         self.B = _uniform(k_b, (hidden, dim), 1.0 / math.sqrt(dim), dtype)
         self.b = _uniform(k_bias, (hidden,), 1.0 / math.sqrt(dim), dtype)
         self.activation = activation
+        self.extent = None
 
     @property
     def dim(self) -> int:
@@ -113,6 +117,7 @@ class SamplerOnly(eqx.Module):
     Sigma: Float[Array, "dim dim"]
     dynamics: Literal["synaptic_current", "firing_rate"] = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    extent: DataExtent | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -138,6 +143,7 @@ class SamplerOnly(eqx.Module):
         self.Sigma = jnp.eye(dim, dtype=dtype)
         self.dynamics = dynamics
         self.activation = activation
+        self.extent = None
 
     @property
     def dim(self) -> int:

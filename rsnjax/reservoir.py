@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._validation import check_array, check_int, check_positive
+from .extent import DataExtent, with_extent
 from .networks import ScoreNetwork, get_activation
 
 __all__ = ["ReservoirSampler", "RankDeficientReadoutError"]
@@ -56,6 +57,8 @@ class ReservoirSampler(eqx.Module):
     - ``I``: ``(hidden,)``, the constant input (= b).
     - ``noise_map``: ``(hidden, dim)``, √2·A⁺: maps d-dimensional white noise to the reservoir.
     - ``tau``: the time constant τ; ``activation``: φ.
+    - ``extent``: the `DataExtent` of the score network's training data (carried over by
+      `from_score_network`; `sample` counts chains that leave it).
     """
 
     W_out: Float[Array, "dim hidden"]
@@ -64,8 +67,10 @@ class ReservoirSampler(eqx.Module):
     noise_map: Float[Array, "hidden dim"]
     tau: float = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    extent: DataExtent | None = eqx.field(static=True, default=None)
 
-    def __init__(self, W_out, W_in, I, *, activation: str = "relu", tau: float = 1.0, noise_map=None):
+    def __init__(self, W_out, W_in, I, *, activation: str = "relu", tau: float = 1.0, noise_map=None,
+                 extent: DataExtent | None = None):
         W_out = check_array(W_out, "W_out", ndim=2)
         d, n = W_out.shape
         if d < 1:
@@ -87,6 +92,9 @@ class ReservoirSampler(eqx.Module):
         if noise_map is None:
             noise_map = math.sqrt(2.0) * _pseudo_inverse_full_row_rank(np.asarray(W_out), "W_out")
         self.noise_map = check_array(noise_map, "noise_map", ndim=2).astype(W_out.dtype)
+        if extent is not None and (not isinstance(extent, DataExtent) or extent.dim != d):
+            raise ValueError(f"`extent` must be a DataExtent of dimension {d} or None, got {extent!r}")
+        self.extent = extent
 
     @classmethod
     def from_score_network(cls, net: ScoreNetwork, *, tau: float = 1.0) -> "ReservoirSampler":
@@ -96,7 +104,7 @@ class ReservoirSampler(eqx.Module):
         """
         if not isinstance(net, ScoreNetwork):
             raise TypeError(f"`net` must be a ScoreNetwork, got {type(net).__name__}")
-        return cls(net.A, net.B, net.b, activation=net.activation, tau=tau)
+        return cls(net.A, net.B, net.b, activation=net.activation, tau=tau, extent=net.extent)
 
     @classmethod
     def placeholder(cls, dim: int, hidden: int, *, activation: str = "relu", tau: float = 1.0):
@@ -141,4 +149,5 @@ class ReservoirSampler(eqx.Module):
         import jax
 
         net = ScoreNetwork(self.dim, self.hidden, activation=self.activation, key=jax.random.key(0))
-        return eqx.tree_at(lambda m: (m.A, m.B, m.b), net, (self.W_out, self.W_in, self.I))
+        net = eqx.tree_at(lambda m: (m.A, m.B, m.b), net, (self.W_out, self.W_in, self.I))
+        return with_extent(net, self.extent)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 import types
+import warnings
 from typing import Any, Callable, Literal, NamedTuple
 
 import equinox as eqx
@@ -27,10 +28,11 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from ._validation import check_array, check_int, check_key, check_positive
 from .networks import SamplerOnly, ScoreNetwork
+from .extent import DEFAULT_ESCAPE_FACTOR, DataExtent
 from .reservoir import ReservoirSampler
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
 
-__all__ = ["sample", "SampleResult", "SimulationDivergedError", "as_sde", "skew_symmetric", "configure_cpu",
+__all__ = ["sample", "stable_step_size", "SampleResult", "SamplingWarning", "RHAT_WARNING", "SimulationDivergedError", "as_sde", "skew_symmetric", "configure_cpu",
            "default_block_size", "step_noise", "chain_key_words"]
 
 
@@ -109,6 +111,11 @@ class SampleResult(NamedTuple):
       its state was NaN/inf, −1 for chains that stayed finite.
     - ``wall_time``: seconds for the run, compilation excluded; ``compile_time``: seconds to compile
       (near 0 when a recent call with the same model structure, shapes and settings was reused).
+    - ``escaped``: ``(num_chains,)`` bool, True for chains whose final readout is non-finite or
+      outside the model's training data (`DataExtent.outside`), or None when the model records
+      no extent (an untrained model, a target, a plain function).
+    - ``rhat``: split-R̂ (`rsnjax.metrics.rhat`, the maximum over coordinates) of the saved
+      trajectory, or None when fewer than 4 readouts were saved.
     """
 
     samples: jax.Array
@@ -117,6 +124,28 @@ class SampleResult(NamedTuple):
     nonfinite_step: jax.Array
     wall_time: float
     compile_time: float
+    escaped: np.ndarray | None = None
+    rhat: float | None = None
+
+    @property
+    def num_escaped(self) -> int | None:
+        """How many chains escaped (see ``escaped``), or None without an extent."""
+        return None if self.escaped is None else int(np.sum(self.escaped))
+
+    @property
+    def num_nonfinite(self) -> int:
+        """How many chains became NaN/inf."""
+        return int(np.sum(np.asarray(self.nonfinite_step) >= 0))
+
+
+class SamplingWarning(RuntimeWarning):
+    """`sample` returned samples that should not be trusted as they are: chains that left the
+    training data's extent or became non-finite (with ``on_nonfinite="flag"``), or an R̂ above
+    `RHAT_WARNING` (the chains have not mixed)."""
+
+
+#: `sample` warns when the saved trajectory's split-R̂ exceeds this.
+RHAT_WARNING = 1.01
 
 
 class SimulationDivergedError(FloatingPointError):
@@ -173,6 +202,44 @@ def as_sde(model: Any, *, tau: float | None = None, skew=None, dim: int | None =
     raise TypeError(
         "`model` must be a ReservoirSampler, ScoreNetwork, SamplerOnly, a target with `.score`, "
         f"or a score function; got {type(model).__name__}")
+
+
+def stable_step_size(model: Any, points, *, fraction: float = 0.05) -> float:
+    """A step size for `sample` from the stiffness of the model's score where the chains live.
+
+    Euler–Maruyama on dx = s(x) dt + √2 dB is stable for dt < 2/L and its stationary law is
+    biased by O(dt·L), L the largest eigenvalue magnitude of the score's Jacobian (for a Gaussian
+    of variance v, L = 1/v and the variance comes out inflated by 1/(1 − dt·L/2)). This returns
+    ``fraction / L`` with L the 99th percentile over ``points`` of the Jacobian's spectral norm:
+    the default 0.05 keeps the bias of the local variance near 2.5 %.
+
+    **Arguments:**
+
+    - `model`: a `ReservoirSampler` (its output score), `ScoreNetwork`, `SamplerOnly`, a target
+      with ``.score`` or a score function.
+    - `points`: ``(num, d)`` where to measure, e.g. training data (up to 1000 rows are used).
+    - `fraction`: dt·L to aim for, in (0, 1].
+
+    **Returns:** a float, in the model's time units (τ = 1).
+    """
+    fraction = check_positive(fraction, "fraction")
+    if fraction > 1:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction}")
+    if isinstance(model, ReservoirSampler):
+        score = model.output_score
+    elif hasattr(model, "score") and not callable(model):
+        score = model.score
+    elif callable(model):
+        score = model
+    else:
+        raise TypeError(f"`model` must be a circuit, a target or a score function, got {type(model).__name__}")
+    x = check_array(points, "points", ndim=2, min_rows=1)[:1000]
+    jac = jax.vmap(jax.jacfwd(lambda p: score(p[None])[0]))(x)
+    norms = np.linalg.norm(np.asarray(jac, np.float64), ord=2, axis=(1, 2))
+    if not np.all(np.isfinite(norms)):
+        raise ValueError("the score's Jacobian is not finite at some of `points`")
+    stiffness = float(np.quantile(norms, 0.99))
+    return fraction / max(stiffness, 1e-12)
 
 
 def _check_skew(skew, dim: int):
@@ -306,6 +373,9 @@ def sample(
     unroll: int = 1,
     shard: bool | int | None = None,
     dtype=None,
+    extent=None,
+    escape_factor: float | None = None,
+    warn: bool = True,
 ) -> SampleResult:
     """Simulate many chains of a circuit with Euler–Maruyama and return readout samples.
 
@@ -339,9 +409,16 @@ def sample(
     - `shard`: split chains over all local devices (default: when more than one is present);
       an int uses that many devices; False uses one.
     - `dtype`: state dtype (default: the model's dtype).
+    - `extent`: the `DataExtent` whose outside counts as escaped (default: ``model.extent``,
+      recorded by `fit` and carried by `ReservoirSampler.from_score_network`).
+    - `escape_factor`: a chain has escaped when its whitened radius exceeds this many times the
+      training data's largest (default `rsnjax.extent.DEFAULT_ESCAPE_FACTOR` = 2).
+    - `warn`: issue a `SamplingWarning` when chains escaped or became non-finite (flagged), or
+      when R̂ of the saved trajectory exceeds `RHAT_WARNING` = 1.01. R̂ is only meaningful
+      when the chains started over-dispersed (the default `init`).
 
     **Returns:** a `SampleResult`: ``samples`` ``(num_chains, d)``, ``trajectory``
-    ``(num_saved, num_chains, d)`` or None, ...
+    ``(num_saved, num_chains, d)`` or None, the escape mask and R̂, ...
     """
     key = check_key(key)
     num_chains = check_int(num_chains, "num_chains")
@@ -362,7 +439,14 @@ def sample(
         tau = check_positive(tau, "tau")
     if dim is None and callable(model) and not isinstance(model, (eqx.Module,)) and initial_state is not None:
         dim = int(np.shape(initial_state)[-1])
+    if extent is None:
+        extent = getattr(model, "extent", None)
+    if extent is not None and not isinstance(extent, DataExtent):
+        raise TypeError(f"`extent` must be a DataExtent or None, got {type(extent).__name__}")
+    escape_factor = DEFAULT_ESCAPE_FACTOR if escape_factor is None else check_positive(escape_factor, "escape_factor")
     sde = as_sde(model, tau=tau, skew=skew, dim=dim)
+    if extent is not None and extent.dim != sde.dim:
+        raise ValueError(f"`extent` has dimension {extent.dim}, the model's output {sde.dim}")
     if dtype is None:
         leaves = [x for x in jax.tree_util.tree_leaves(sde) if eqx.is_inexact_array(x)]
         dtype = leaves[0].dtype if leaves else jnp.result_type(float)
@@ -426,7 +510,15 @@ def sample(
     bad = bad[:num_chains]
     traj = traj[:, :num_chains] if num_saved else None
     final = final[:num_chains] if return_state else None
-    result = SampleResult(samples, traj, final, bad, wall, compile_time)
+    escaped = extent.outside(samples, escape_factor) if extent is not None else None
+    rhat = None
+    if num_saved >= 4 and num_chains >= 2:
+        from .metrics import rhat as _rhat
+
+        finite = np.isfinite(np.asarray(traj)).all(axis=(0, 2))
+        if finite.sum() >= 2:
+            rhat = float(_rhat(traj[:, np.flatnonzero(finite)]))
+    result = SampleResult(samples, traj, final, bad, wall, compile_time, escaped, rhat)
     bad_np = np.asarray(bad)
     if on_nonfinite == "raise" and np.any(bad_np >= 0):
         chains = np.flatnonzero(bad_np >= 0)
@@ -436,7 +528,27 @@ def sample(
             f"{len(chains)} of {num_chains} chains became NaN/inf (first after step {first}; "
             f"chains {shown}). The step_size {step_size} is probably too large for this model; "
             "pass on_nonfinite='flag' to get the finite chains back.", result)
+    if warn:
+        _warn_untrusted(result, num_chains, escape_factor)
     return result
+
+
+def _warn_untrusted(result: SampleResult, num_chains: int, escape_factor: float) -> None:
+    problems = []
+    if result.num_nonfinite:
+        problems.append(f"{result.num_nonfinite} of {num_chains} chains became NaN/inf")
+    escaped_finite = (result.num_escaped or 0) - result.num_nonfinite if result.escaped is not None else 0
+    if escaped_finite > 0:
+        problems.append(
+            f"{escaped_finite} of {num_chains} chains ended outside the training data "
+            f"(beyond {escape_factor:g}× its largest whitened radius): the model's drift does not "
+            "confine them there (`SampleResult.escaped` marks them)")
+    if result.rhat is not None and not result.rhat <= RHAT_WARNING:
+        problems.append(
+            f"R̂ = {result.rhat:.3f} > {RHAT_WARNING} over the saved trajectory: the chains have not "
+            "mixed; run longer (more burn-in or steps) or use a larger step_size")
+    if problems:
+        warnings.warn("; ".join(problems) + ".", SamplingWarning, stacklevel=3)
 
 
 # Compiled programs of recent `sample` calls, so that repeated calls with the same model

@@ -30,9 +30,10 @@ import optax
 
 from . import checkpoint as ckpt
 from ._validation import check_array, check_int, check_key, check_positive
-from .dsm import dsm_value_and_grad
+from .dsm import default_sigmas, dsm_value_and_grad
+from .extent import DataExtent, data_extent, with_extent
 
-__all__ = ["fit", "History", "TrainingDivergedError", "CHECKPOINT_NAME"]
+__all__ = ["fit", "History", "TrainingDivergedError", "CHECKPOINT_NAME", "default_optimizer"]
 
 #: The file `fit` writes inside ``checkpoint_dir``.
 CHECKPOINT_NAME = "fit_state.ckpt"
@@ -68,6 +69,34 @@ class TrainingDivergedError(FloatingPointError):
         self.history = history
         self.level = level
         self.step = step
+
+
+#: Folded into `fit`'s key for the draws that measure a target's extent (no other draw uses it).
+_EXTENT_SALT = 0x5E7E
+
+
+def _extent_points(data_array, target, draw, key) -> np.ndarray:
+    """The points `fit` measures the data's extent and default schedule on: the array (up to
+    100 000 rows), or `EXTENT_DRAWS` fresh draws of the target or data callable."""
+    if data_array is not None:
+        return np.asarray(data_array[:100_000], dtype=np.float64)
+    sampler = target.sample if target is not None else draw
+    points = np.asarray(sampler(key, EXTENT_DRAWS), dtype=np.float64)
+    if points.ndim != 2 or not np.all(np.isfinite(points)):
+        raise ValueError(f"`data` drew points of shape {points.shape} with non-finite values; "
+                         "it must return finite (num, d) arrays")
+    return points
+
+
+def _far_field_arrays(extent: DataExtent, dtype):
+    """(mean μ, L, L, radius) for the confinement penalty, with C = L Lᵀ the data's covariance:
+    far points are μ + L w, and ``s @ L`` is the drift seen in the whitened frame."""
+    d = extent.dim
+    whitening = np.asarray(extent.whitening).reshape(d, d)
+    chol = np.linalg.inv(whitening)
+    # Lᵀ s(z) is the drift in the whitened frame: s ↦ s @ L (row vectors)
+    return (jnp.asarray(extent.mean, dtype), jnp.asarray(chol, dtype), jnp.asarray(chol, dtype),
+            jnp.asarray(extent.radius, dtype))
 
 
 def _is_target(data) -> bool:
@@ -131,11 +160,25 @@ def _with_weight_decay(optimizer, weight_decay: float):
     return optimizer
 
 
-def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype):
-    """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps."""
+def _far_field_penalty(model, points, directions, to_whitened, margin):
+    """The confinement penalty: mean over far-field points z of relu(⟨Lᵀ s(z), u⟩ + margin)²,
+    i.e. how far the drift, seen in the data's whitened frame, fails to point inward by at least
+    ``margin`` along the outward direction u (see `fit`'s `confine`)."""
+    radial = jnp.sum((model(points) @ to_whitened) * directions, axis=-1)
+    return jnp.mean(jax.nn.relu(radial + margin) ** 2)
+
+
+def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
+                        options: tuple = (None, False, None, 0)):
+    """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
+
+    ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step).
+    """
+    ema_decay, antithetic, confine, num_far = options
+    half = -(-batch_size // 2)
 
     def one_step(carry, xs):
-        p, opt_state, sigma, level_key, data_in, source = carry
+        p, opt_state, ema, sigma, level_key, data_in, source, far = carry
         step, batch_idx = xs
         k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
         if from_array:
@@ -144,17 +187,38 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             batch = jnp.asarray(eqx.combine(source, source_static).sample(k_data, batch_size), dtype)
         else:
             batch = jnp.asarray(draw(k_data, batch_size), dtype)
-        noise = jax.random.normal(k_noise, batch.shape, dtype)
-        loss, grads = dsm_value_and_grad(eqx.combine(p, static), batch, noise, sigma)
+        if antithetic:  # pairs (x, +ε), (x, −ε): the O(1/σ) part of the target's noise cancels
+            eps = jax.random.normal(k_noise, (half, batch.shape[1]), dtype)
+            noise = jnp.concatenate([eps, -eps])[:batch_size]
+            batch = jnp.concatenate([batch[:half], batch[:half]])[:batch_size]
+        else:
+            noise = jax.random.normal(k_noise, batch.shape, dtype)
+        model = eqx.combine(p, static)
+        loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
+        if confine is not None:
+            mean, chol, to_whitened, radius = far
+            k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
+            u = jax.random.normal(k_dir, (num_far, batch.shape[1]), dtype)
+            u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+            rho = radius * jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
+            points = mean + (rho * u) @ chol.T
+            pen_grads = eqx.filter_grad(
+                lambda m: _far_field_penalty(eqx.combine(m, static), points, u, to_whitened,
+                                             _CONFINE_MARGIN))(p)
+            weight = confine / sigma**2
+            grads = jax.tree_util.tree_map(lambda g, h: g + (weight * h).astype(g.dtype), grads, pen_grads)
         updates, opt_state = tx.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
-        return (p, opt_state, sigma, level_key, data_in, source), loss
+        if ema_decay is not None:  # warm-up (1+t)/(10+t), restarted at every level
+            beta = jnp.minimum(jnp.asarray(ema_decay, dtype), (1.0 + step) / (10.0 + step)).astype(dtype)
+            ema = jax.tree_util.tree_map(lambda e, q: beta * e + (1 - beta) * q, ema, p)
+        return (p, opt_state, ema, sigma, level_key, data_in, source, far), loss
 
     @jax.jit
-    def run_chunk(p, opt_state, sigma, level_key, data_in, source, steps, batch_idx):
+    def run_chunk(p, opt_state, ema, sigma, level_key, data_in, source, far, steps, batch_idx):
         carry, losses = jax.lax.scan(
-            one_step, (p, opt_state, sigma, level_key, data_in, source), (steps, batch_idx))
-        return carry[0], carry[1], losses
+            one_step, (p, opt_state, ema, sigma, level_key, data_in, source, far), (steps, batch_idx))
+        return carry[0], carry[1], carry[2], losses
 
     return run_chunk
 
@@ -173,21 +237,44 @@ _cached_chunk_runner = _cached(_build_chunk_runner)
 _CONCRETE_VALUE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
                           jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError)
 
-#: The optimiser when none is given (one object, so that the compiled chunk is reused).
-DEFAULT_OPTIMIZER = optax.adam(1e-3)
+#: Defaults of `fit` (see its docstring and docs/QUALITY.md for the measurements behind them).
+DEFAULT_STEPS_PER_LEVEL = 2000
+DEFAULT_BATCH_SIZE = 128
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_EMA_DECAY = 0.999
+DEFAULT_CONFINE = 1.0
+#: Far-field points per step for the confinement penalty, and the inward margin it asks for
+#: (in the whitened frame: a unit-variance Laplace tail has radial score −√2 along an axis).
+CONFINE_POINTS = 64
+_CONFINE_MARGIN = 0.5
+#: Points drawn from a target (or data callable) to measure its extent and default schedule.
+EXTENT_DRAWS = 10_000
+
+
+@functools.lru_cache(maxsize=16)
+def default_optimizer(steps_per_level: int, learning_rate: float = DEFAULT_LEARNING_RATE):
+    """The optimiser `fit` uses when none is given: Adam whose learning rate decays
+    cosine-wise from `learning_rate` to 1 % of it within every level (the schedule restarts at
+    each level, also with ``reset_optimizer=False``). Cached: one object per setting, so that
+    repeated `fit` calls reuse the compiled chunk."""
+    cosine = optax.cosine_decay_schedule(learning_rate, steps_per_level, alpha=0.01)
+    return optax.adam(lambda count: cosine(count % steps_per_level))
 
 
 def fit(
     model: eqx.Module,
     data: Any,
     *,
-    sigmas,
+    sigmas=None,
     steps_per_level: int | None = None,
     epochs_per_level: int | None = None,
-    batch_size: int = 128,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     optimizer: optax.GradientTransformation | None = None,
     weight_decay: float = 0.0,
     reset_optimizer: bool = True,
+    ema_decay: float | None = DEFAULT_EMA_DECAY,
+    antithetic: bool = True,
+    confine: float | None = DEFAULT_CONFINE,
     key,
     progress: bool | None = None,
     chunk_size: int | None = None,
@@ -206,13 +293,28 @@ def fit(
       JAX-traceable callable ``(key, batch_size) -> (batch_size, d)``, or a target with
       ``sample(key, num)`` (fresh draws every step, as in the paper).
     - `sigmas`: the noise levels, e.g. `geometric_sigmas(...)`; all > 0, used in the given order.
-    - `steps_per_level`: optimiser steps at each level. For array data `epochs_per_level` may be
-      given instead (steps = epochs × ⌊num / batch_size⌋).
-    - `batch_size`: examples per step.
-    - `optimizer`: an optax transformation (default ``optax.adam(1e-3)``; the paper's double peak
-      uses ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``). Pass the same object to later
+      Default: `rsnjax.default_sigmas` of the data (σ_max = the largest pairwise distance,
+      σ_min = the data's finest scale, 10 or more geometric levels).
+    - `steps_per_level`: optimiser steps at each level (default 2000). For array data
+      `epochs_per_level` may be given instead (steps = epochs × ⌊num / batch_size⌋).
+    - `batch_size`: examples per step (default 128).
+    - `optimizer`: an optax transformation. Default: `default_optimizer` — Adam at 1e-3,
+      cosine-decayed to 1e-5 within every level. (The paper's double peak uses
+      ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``.) Pass the same object to later
       `fit` calls to reuse the compiled program (it is traced once, so values its closures read
       are taken as they were then).
+    - `ema_decay`: return the exponential moving average of the parameters with this decay
+      (warm-up (1+t)/(10+t), restarted at every level), whatever the optimiser; None returns the
+      last iterate. The average removes most of the 1/σ-sized step noise of small-σ levels.
+    - `antithetic`: draw the noise in pairs ±ε on the same data point (half the batch's points,
+      each used twice). The O(1/σ) noise of the DSM gradient cancels within a pair.
+    - `confine`: weight of the far-field penalty that keeps the drift pointing inward outside
+      the data (None or 0: off). Every step, 64 points z on the shell 1–3× the data's largest
+      whitened radius (see `rsnjax.extent`) add ``confine/σ² · mean relu(⟨Lᵀ s(z), u⟩ + ½)²``
+      to the loss, u the outward whitened direction: the drift must point inward there by at
+      least ½ (in whitened units; a unit-variance Laplace tail has √2, so heavy tails remain
+      possible). Without it a ReLU drift, unconstrained by DSM where there are no data, can
+      grow outward linearly and chains escape. It acts only where it is violated.
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
@@ -236,7 +338,8 @@ def fit(
     - `max_chunks`: stop after this many compiled chunks (for tests and time-boxed runs); the
       checkpoint is written first so the run can be resumed.
 
-    **Returns:** ``(trained_model, history)``, see `History`.
+    **Returns:** ``(trained_model, history)``, see `History`. The model records the extent of
+    its training data (``model.extent``, a `DataExtent`) for `sample`'s escape count.
 
     **Raises:** `TrainingDivergedError` when the loss becomes non-finite (the checkpoint on disk is
     left untouched: it is the last good one); `CheckpointError` when resuming from a corrupt or
@@ -246,18 +349,29 @@ def fit(
     if not callable(model) or not jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)):
         raise TypeError("`model` must be an equinox module with trainable floating-point arrays "
                         f"(e.g. a ScoreNetwork or SamplerOnly), got {type(model).__name__}")
-    if sigmas is None or isinstance(sigmas, (str, bytes, dict, set)):
-        raise TypeError(f"`sigmas` must be a 1-D sequence of positive numbers, got {type(sigmas).__name__}")
-    try:
-        sigmas = np.asarray(sigmas, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"`sigmas` must be a 1-D sequence of positive numbers: {err}") from None
-    if sigmas.ndim != 1 or sigmas.size == 0:
-        raise ValueError(f"`sigmas` must be a non-empty 1-D sequence, got shape {sigmas.shape}")
-    if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
-        raise ValueError(f"`sigmas` must all be finite and > 0, got {sigmas}")
+    if sigmas is not None:
+        if isinstance(sigmas, (str, bytes, dict, set)):
+            raise TypeError(f"`sigmas` must be a 1-D sequence of positive numbers, got {type(sigmas).__name__}")
+        try:
+            sigmas = np.asarray(sigmas, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"`sigmas` must be a 1-D sequence of positive numbers: {err}") from None
+        if sigmas.ndim != 1 or sigmas.size == 0:
+            raise ValueError(f"`sigmas` must be a non-empty 1-D sequence, got shape {sigmas.shape}")
+        if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
+            raise ValueError(f"`sigmas` must all be finite and > 0, got {sigmas}")
     batch_size = check_int(batch_size, "batch_size")
     weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    if ema_decay is not None:
+        if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float, np.floating)) \
+                or not 0 <= float(ema_decay) < 1:
+            raise ValueError(f"`ema_decay` must be a number in [0, 1) or None, got {ema_decay!r}")
+        ema_decay = float(ema_decay) or None
+    if not isinstance(antithetic, (bool, np.bool_)):
+        raise TypeError(f"`antithetic` must be a bool, got {type(antithetic).__name__}")
+    antithetic = bool(antithetic)
+    if confine is not None:
+        confine = check_positive(confine, "confine", allow_zero=True) or None
     dim = _model_dim(model)
 
     # --- the data source -------------------------------------------------------------------
@@ -289,8 +403,15 @@ def fit(
     elif epochs_per_level is not None:
         raise ValueError("`epochs_per_level` needs array `data`; use `steps_per_level` for targets")
     if steps_per_level is None:
-        raise TypeError("`steps_per_level` is required")
+        steps_per_level = DEFAULT_STEPS_PER_LEVEL
     steps_per_level = check_int(steps_per_level, "steps_per_level")
+
+    # --- the data's extent (recorded on the model; the default schedule and the far field) ----
+    extent_points = _extent_points(data_array, target if data_array is None and kind != "callable" else None,
+                                   draw if kind == "callable" else None, jax.random.fold_in(key, _EXTENT_SALT))
+    extent = data_extent(extent_points)
+    if sigmas is None:
+        sigmas = default_sigmas(extent_points)
     chunk = check_int(chunk_size, "chunk_size") if chunk_size is not None else _divisor_at_most(steps_per_level, 250)
     if steps_per_level % chunk:
         raise ValueError(f"`chunk_size` ({chunk}) must divide `steps_per_level` ({steps_per_level})")
@@ -317,15 +438,17 @@ def fit(
                 f"rsnjax can checkpoint), got {type(model).__name__}") from None
 
     # --- the optimiser and the compiled chunk ------------------------------------------------
-    base = optimizer if optimizer is not None else DEFAULT_OPTIMIZER
+    base = optimizer if optimizer is not None else default_optimizer(steps_per_level)
     if not isinstance(base, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax.GradientTransformation, got {type(base).__name__}")
     tx = _with_weight_decay(base, weight_decay)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     noise_root, data_root = jax.random.split(key)
+    options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
-    run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype)
+    run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options)
+    far = _far_field_arrays(extent, dtype)
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
@@ -348,12 +471,14 @@ def fit(
     loss_hist = np.full(total, np.nan)
     level_hist = np.repeat(np.arange(num_levels), steps_per_level)
     opt_state = tx.init(params)
+    ema = params
     start_level, start_step = 0, 0
 
     fingerprint = {
         "sigmas": [float(s) for s in sigmas], "steps_per_level": steps_per_level,
         "batch_size": batch_size, "data": kind, "key": _key_fingerprint(key),
         "weight_decay": weight_decay, "reset_optimizer": bool(reset_optimizer),
+        "ema_decay": ema_decay, "antithetic": antithetic, "confine": confine,
     }
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path.exists():
@@ -382,8 +507,9 @@ def fit(
                 f"checkpoint {name} is at level {meta['level']}, step {meta['step']}, outside this "
                 f"schedule ({num_levels} levels of {steps_per_level} steps)")
         model_loaded, extra, header = ckpt.load_with_extra(
-            ckpt_path, {"opt_state": opt_state, "loss": jnp.zeros(total)})
+            ckpt_path, {"opt_state": opt_state, "loss": jnp.zeros(total), "ema": params})
         params = eqx.partition(model_loaded, eqx.is_inexact_array)[0]
+        ema = extra["ema"]
         opt_state = extra["opt_state"]
         loss_hist = np.asarray(extra["loss"], dtype=np.float64)
         start_level, start_step = meta["level"], meta["step"]
@@ -392,7 +518,7 @@ def fit(
         if ckpt_path is None:
             return
         ckpt.save(ckpt_path, eqx.combine(params, static),
-                  extra={"opt_state": opt_state, "loss": jnp.asarray(loss_hist)},
+                  extra={"opt_state": opt_state, "loss": jnp.asarray(loss_hist), "ema": ema},
                   metadata={"fit": fingerprint, "level": level, "step": step})
 
     if progress is None:
@@ -403,6 +529,11 @@ def fit(
 
         bar = tqdm(total=total, initial=start_level * steps_per_level + start_step,
                    desc="DSM", unit="step", dynamic_ncols=True)
+
+    def finished():
+        """The model to hand back: the parameter average (when kept), with the data's extent."""
+        out = eqx.combine(ema if ema_decay is not None else params, static)
+        return with_extent(out, extent) if hasattr(out, "extent") else out
 
     chunks_run = 0
     since_ckpt = 0
@@ -417,21 +548,21 @@ def fit(
             while step < steps_per_level:
                 if max_chunks is not None and chunks_run >= max_chunks:
                     save_checkpoint(level, step)
-                    return eqx.combine(params, static), History(loss_hist, level_hist, sigmas)
+                    return finished(), History(loss_hist, level_hist, sigmas)
                 # A run resumed with another chunk size first realigns to a chunk boundary.
                 length = chunk - step % chunk
                 steps = jnp.arange(step, step + length, dtype=jnp.int32)
-                args = (params, opt_state, sigma, level_key, data_in, source, steps,
+                args = (params, opt_state, ema, sigma, level_key, data_in, source, far, steps,
                         batch_indices(level, step, length))
                 try:
-                    new_params, new_opt, losses = run_chunk(*args)
+                    new_params, new_opt, new_ema, losses = run_chunk(*args)
                 except _CONCRETE_VALUE_ERRORS:
                     if source is None:
                         raise
                     # the target's `sample` needs concrete values: close over it instead
                     source, draw = None, (lambda k, bs: target.sample(k, bs))
-                    run_chunk = _build_chunk_runner(static, tx, None, draw, False, batch_size, dtype)
-                    new_params, new_opt, losses = run_chunk(*args[:5], None, *args[6:])
+                    run_chunk = _build_chunk_runner(static, tx, None, draw, False, batch_size, dtype, options)
+                    new_params, new_opt, new_ema, losses = run_chunk(*args[:6], None, *args[7:])
                 losses = np.asarray(losses)
                 g0 = level * steps_per_level + step
                 if not np.all(np.isfinite(losses)):
@@ -442,9 +573,9 @@ def fit(
                         f"step {step + bad}; the returned `.model` is the last good one"
                         + (f" and {str(ckpt_path)!r} holds the last checkpoint" if ckpt_path else "")
                         + ". Lower the learning rate or check the data.",
-                        model=eqx.combine(params, static),
+                        model=finished(),
                         history=History(loss_hist, level_hist, sigmas), level=level, step=step + bad)
-                params, opt_state = new_params, new_opt
+                params, opt_state, ema = new_params, new_opt, new_ema
                 loss_hist[g0 : g0 + length] = losses
                 step += length
                 chunks_run += 1
@@ -461,4 +592,4 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-    return eqx.combine(params, static), History(loss_hist, level_hist, sigmas)
+    return finished(), History(loss_hist, level_hist, sigmas)
