@@ -91,7 +91,7 @@ def one_run(target_name: str, family: str, hidden: int | None, seed: int, cfg: d
     opt = make_optimizer(cfg["learning_rate"], schedule=cfg["schedule"], steps_per_level=cfg["steps_per_level"])
     model, history = fit(model, target, sigmas=sigmas, steps_per_level=cfg["steps_per_level"],
                          batch_size=cfg["batch_size"], optimizer=opt, weight_decay=cfg["weight_decay"],
-                         key=k_fit, progress=False)
+                         key=k_fit, progress=False, ema_decay=None, antithetic=False, confine=None)
     train_time = time.perf_counter() - t0
     blurred = hasattr(target, "blurred_score")
     err = metrics.score_error(model, target, key=k_eval, num_samples=cfg["score_error_samples"],

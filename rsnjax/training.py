@@ -60,8 +60,9 @@ class History(NamedTuple):
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The DSM loss became NaN or infinite. ``.model`` holds the last good model (the start of
-    the failing chunk), ``.history`` what was recorded, ``.level`` and ``.step`` where it failed."""
+    """The DSM loss became NaN or infinite. ``.model`` holds the last good model (the optimiser's
+    iterate at the start of the failing chunk, as the checkpoint holds it; not the parameter
+    average), ``.history`` what was recorded, ``.level`` and ``.step`` where it failed."""
 
     def __init__(self, message, *, model, history, level, step):
         super().__init__(message)
@@ -508,6 +509,8 @@ def fit(
                 f"schedule ({num_levels} levels of {steps_per_level} steps)")
         model_loaded, extra, header = ckpt.load_with_extra(
             ckpt_path, {"opt_state": opt_state, "loss": jnp.zeros(total), "ema": params})
+        if hasattr(model_loaded, "extent"):  # the extent is re-measured; params keep the model's structure
+            model_loaded = with_extent(model_loaded, getattr(model, "extent", None))
         params = eqx.partition(model_loaded, eqx.is_inexact_array)[0]
         ema = extra["ema"]
         opt_state = extra["opt_state"]
@@ -517,7 +520,7 @@ def fit(
     def save_checkpoint(level: int, step: int):
         if ckpt_path is None:
             return
-        ckpt.save(ckpt_path, eqx.combine(params, static),
+        ckpt.save(ckpt_path, current(),
                   extra={"opt_state": opt_state, "loss": jnp.asarray(loss_hist), "ema": ema},
                   metadata={"fit": fingerprint, "level": level, "step": step})
 
@@ -533,6 +536,11 @@ def fit(
     def finished():
         """The model to hand back: the parameter average (when kept), with the data's extent."""
         out = eqx.combine(ema if ema_decay is not None else params, static)
+        return with_extent(out, extent) if hasattr(out, "extent") else out
+
+    def current():
+        """The optimiser's current iterate (what checkpoints hold), with the data's extent."""
+        out = eqx.combine(params, static)
         return with_extent(out, extent) if hasattr(out, "extent") else out
 
     chunks_run = 0
@@ -573,7 +581,7 @@ def fit(
                         f"step {step + bad}; the returned `.model` is the last good one"
                         + (f" and {str(ckpt_path)!r} holds the last checkpoint" if ckpt_path else "")
                         + ". Lower the learning rate or check the data.",
-                        model=finished(),
+                        model=current(),
                         history=History(loss_hist, level_hist, sigmas), level=level, step=step + bad)
                 params, opt_state, ema = new_params, new_opt, new_ema
                 loss_hist[g0 : g0 + length] = losses

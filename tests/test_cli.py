@@ -17,7 +17,7 @@ import rsnjax.metrics
 from rsnjax import cli
 from rsnjax import checkpoint as ckpt
 
-TINY_TRAIN = ["--hidden", "8", "--num-levels", "2", "--sigma-min", "0.3", "--steps-per-level", "8",
+TINY_TRAIN = ["--hidden", "8", "--num-levels", "2", "--sigma-max", "1.0", "--sigma-min", "0.3", "--steps-per-level", "8",
               "--batch-size", "16", "--learning-rate", "1e-2"]
 
 

@@ -5,7 +5,7 @@ from rsnjax import demo
 
 def test_demo_runs_end_to_end_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["--out", str(out), "--target", "double-peak", "--hidden", "32", "--steps-per-level", "20", "--num-levels", "3",
+    args = ["--out", str(out), "--target", "double-peak", "--hidden", "32", "--steps-per-level", "20",
             "--chains", "200", "--burn-in", "20", "--steps", "40", "--no-progress"]
     assert demo.main(args) == 0
     for name in ["model.ckpt", "samples.npz", "metrics.json", "metrics.md", "demo.png"]:

@@ -203,7 +203,8 @@ def test_weight_decay_is_added_to_the_gradient_before_the_optimizer():
     decayed run with the undecayed one from the same key (same batch and noise)."""
     net = ScoreNetwork(1, 16, key=jax.random.key(0))
     data = targets.double_peak().sample(jax.random.key(1), 64)
-    kwargs = dict(sigmas=[0.3], steps_per_level=1, batch_size=64, key=jax.random.key(2), progress=False)
+    kwargs = dict(sigmas=[0.3], steps_per_level=1, batch_size=64, key=jax.random.key(2), progress=False,
+                  ema_decay=None)  # the last iterate, not the parameter average
     lr, lam = 0.1, 0.5
     plain, _ = rsnjax.fit(net, data, optimizer=optax.sgd(lr), **kwargs)
     decayed, _ = rsnjax.fit(net, data, optimizer=optax.sgd(lr), weight_decay=lam, **kwargs)
@@ -234,9 +235,16 @@ def test_fit_trains_sampler_only_circuits():
 def test_fit_stops_on_a_non_finite_loss_and_returns_the_last_good_model():
     net = ScoreNetwork(1, 8, key=jax.random.key(0))
     with pytest.raises(rsnjax.TrainingDivergedError, match="non-finite") as info:
-        rsnjax.fit(net, lambda k, n: jnp.full((n, 1), jnp.inf), sigmas=[0.5], steps_per_level=10,
+        rsnjax.fit(net, targets.double_peak(), sigmas=[0.5], steps_per_level=10, optimizer=optax.sgd(1e30),
                    batch_size=8, key=jax.random.key(1), progress=False)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(eqx.filter(info.value.model, eqx.is_array)))
+
+
+def test_fit_rejects_a_data_source_that_draws_non_finite_points():
+    net = ScoreNetwork(1, 8, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`data` drew points"):
+        rsnjax.fit(net, lambda k, n: jnp.full((n, 1), jnp.inf), sigmas=[0.5], steps_per_level=10,
+                   batch_size=8, key=jax.random.key(1), progress=False)
 
 
 @pytest.mark.parametrize(

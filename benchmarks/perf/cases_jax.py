@@ -303,7 +303,10 @@ def rsnjax_fit(*, dim, hidden, batch, chunk, extra_chunks, repeats, activation="
     def run(num_chunks):
         model, hist = rsnjax.fit(net, source, sigmas=[0.5], steps_per_level=num_chunks * chunk,
                                  chunk_size=chunk, batch_size=batch, optimizer=opt,
-                                 key=jax.random.key(2), progress=False)
+                                 key=jax.random.key(2), progress=False,
+                                 # the bare DSM step, as the PyTorch loop does it (fit's quality
+                                 # remedies add work the comparison does not have)
+                                 ema_decay=None, antithetic=False, confine=None)
         jax.block_until_ready(model)
         last["loss"] = float(np.nanmean(hist.loss[-10:]))
 

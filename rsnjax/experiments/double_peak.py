@@ -26,7 +26,8 @@ from jax.scipy.stats import norm as _norm
 from .. import fit, geometric_sigmas, metrics, plotting, sample, targets
 from ..networks import SamplerOnly, ScoreNetwork
 from ..reservoir import ReservoirSampler
-from ._common import FAMILIES, Stopwatch, finish_run, fit_levels, fmt, make_optimizer, markdown_table, pm
+from ._common import (FAMILIES, Stopwatch, finish_run, fit_levels, fit_options, fmt, make_optimizer,
+                      markdown_table, pm)
 
 NAME = "double-peak"
 
@@ -104,14 +105,14 @@ def train(family: str, config: dict, *, key, progress: bool | None = None, grid=
         model, history = fit(model, target, sigmas=sigmas_of(config), key=k_fit,
                              steps_per_level=config["steps_per_level"], batch_size=config["batch_size"],
                              optimizer=opt, weight_decay=config["weight_decay"], reset_optimizer=True,
-                             progress=progress)
+                             progress=progress, **fit_options(config))
         return model, history, np.zeros((0, 0))
     grid_pts = jnp.asarray(grid)[:, None]
     model, history, curves = fit_levels(
         model, target, sigmas=sigmas_of(config), key=k_fit, steps_per_level=config["steps_per_level"],
         batch_size=config["batch_size"], learning_rate=config["learning_rate"], amsgrad=config["amsgrad"],
         lr_schedule=config["lr_schedule"], weight_decay=config["weight_decay"], progress=progress,
-        after_level=lambda level, m: np.asarray(m(grid_pts))[:, 0])
+        **fit_options(config), after_level=lambda level, m: np.asarray(m(grid_pts))[:, 0])
     return model, history, np.asarray(curves)
 
 

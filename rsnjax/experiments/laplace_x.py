@@ -33,7 +33,7 @@ import numpy as np
 from .. import fit, geometric_sigmas, metrics, plotting, sample, skew_symmetric, targets
 from ..networks import SamplerOnly, ScoreNetwork
 from ..reservoir import ReservoirSampler
-from ._common import FAMILIES, Stopwatch, finish_run, fmt, make_optimizer, markdown_table, pm
+from ._common import FAMILIES, Stopwatch, finish_run, fit_options, fmt, make_optimizer, markdown_table, pm
 
 NAME = "laplace-x"
 #: The extra model row: the RSN with ReLU units.
@@ -121,7 +121,8 @@ def train(family: str, config: dict, *, key, progress: bool | None = None, targe
                steps_per_level=config["steps_per_level"], batch_size=config["batch_size"],
                optimizer=make_optimizer(config["learning_rate"], amsgrad=config["amsgrad"],
                                         schedule=config["lr_schedule"], steps_per_level=config["steps_per_level"]),
-               weight_decay=config["weight_decay"], reset_optimizer=True, progress=progress)
+               weight_decay=config["weight_decay"], reset_optimizer=True, progress=progress,
+               **fit_options(config))
 
 
 def draw(model, config: dict, *, key, num_steps: int, step_size: float, skew=None):

@@ -28,7 +28,7 @@ from .. import datasets, fit, geometric_sigmas, metrics, plotting, sample
 from ..dsm import dsm_loss_with_noise
 from ..networks import SamplerOnly, ScoreNetwork
 from ..reservoir import ReservoirSampler
-from ._common import FAMILIES, Stopwatch, finish_run, fmt, make_optimizer, markdown_table, pm
+from ._common import FAMILIES, Stopwatch, finish_run, fit_options, fmt, make_optimizer, markdown_table, pm
 
 NAME = "mnist"
 
@@ -131,7 +131,8 @@ def train(family: str, config: dict, data, *, key, progress: bool | None = None)
                batch_size=config["batch_size"],
                optimizer=make_optimizer(config["learning_rate"], amsgrad=config["amsgrad"],
                                         schedule=config["lr_schedule"], steps_per_level=steps),
-               weight_decay=config["weight_decay"], reset_optimizer=True, progress=progress)
+               weight_decay=config["weight_decay"], reset_optimizer=True, progress=progress,
+               **fit_options(config))
 
 
 def draw(family: str, model, config: dict, *, key):
