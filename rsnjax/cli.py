@@ -675,7 +675,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             model, data, sigmas=sigmas, steps_per_level=args.steps_per_level,
             batch_size=args.batch_size, optimizer=optimizer, weight_decay=args.weight_decay,
             reset_optimizer=not args.keep_optimizer_state, key=key_fit, progress=args.progress,
-            ema_decay=args.ema_decay or None, antithetic=args.antithetic, confine=args.confine or None,
+            ema_decay=args.ema_decay, antithetic=args.antithetic, confine=args.confine,  # 0: off
             chunk_size=args.chunk_size, checkpoint_dir=out, checkpoint_every=args.checkpoint_every,
             resume=args.resume, max_chunks=args.max_chunks)
     except TrainingDivergedError as err:

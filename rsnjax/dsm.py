@@ -142,40 +142,53 @@ def _activation_derivative(name: str, pre: Array, h: Array) -> Array:
     raise ValueError(f"no derivative for activation {name!r}")  # pragma: no cover
 
 
-def _score_network_value_and_grad(net, x, noise, sigma):
-    """The DSM loss of a `ScoreNetwork` and its gradient, written out by hand.
-
-    With x̃ = x + σε, u = B x̃ + b, h = φ(u) and residual r = A h − x̃ + ε/σ (the model's score
-    plus ε/σ), the loss is ½·mean_i ‖r_i‖². With g = r / batch:
-    ∂A = gᵀ h, ∂b = Σ_i g_h,i and ∂B = g_hᵀ x̃ where g_h = (g A) ⊙ φ'(u).
-    """
+def _score_network_forward(net, inputs):
+    """``(pre, h, out)`` of a `ScoreNetwork` at ``inputs`` ``(batch, d)``: u = B x + b, h = φ(u),
+    out = A h (the score is out − x). d ≤ `SMALL_DIM` uses matrix-vector products."""
     A, B, b = net.A, net.B, net.b
     dim = A.shape[0]
-    phi = get_activation(net.activation)
-    noisy = x + sigma * noise
     small = dim <= SMALL_DIM
-    if small:
-        pre = b + sum(noisy[:, k, None] * B[:, k] for k in range(dim))
-    else:
-        pre = noisy @ B.T + b
-    h = phi(pre)
+    pre = b + sum(inputs[:, k, None] * B[:, k] for k in range(dim)) if small else inputs @ B.T + b
+    h = get_activation(net.activation)(pre)
     out = jnp.stack([h @ A[k] for k in range(dim)], -1) if small else h @ A.T
-    residual = out - noisy + noise / sigma
-    loss = 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
-    g = residual / x.shape[0]
+    return pre, h, out
+
+
+def _score_network_backward(net, inputs, pre, h, g):
+    """The gradient of Σ_i g_i · s(x_i) with respect to (A, B, b), for the forward pass
+    ``(pre, h)`` at ``inputs`` and an output cotangent ``g`` ``(batch, d)``, as a pytree shaped
+    like ``eqx.filter(net, eqx.is_inexact_array)``: ∂A = gᵀ h, ∂b = Σ_i g_h,i and
+    ∂B = g_hᵀ x where g_h = (g A) ⊙ φ'(u)."""
+    A, B, b = net.A, net.B, net.b
+    dim = A.shape[0]
+    small = dim <= SMALL_DIM
     back = sum(g[:, k, None] * A[k] for k in range(dim)) if small else g @ A
     g_hidden = back * _activation_derivative(net.activation, pre, h)
     if small:
         grad_A = jnp.stack([g[:, k] @ h for k in range(dim)])
-        grad_B = jnp.stack([noisy[:, k] @ g_hidden for k in range(dim)], -1)
+        grad_B = jnp.stack([inputs[:, k] @ g_hidden for k in range(dim)], -1)
     else:
         grad_A = g.T @ h
-        grad_B = g_hidden.T @ noisy
+        grad_B = g_hidden.T @ inputs
     grad_b = jnp.sum(g_hidden, axis=0)
     # gradients in the parameters' dtypes, as autodiff gives them
     grads = eqx.tree_at(lambda m: (m.A, m.B, m.b), net,
                         (grad_A.astype(A.dtype), grad_B.astype(B.dtype), grad_b.astype(b.dtype)))
-    return loss, eqx.filter(grads, eqx.is_inexact_array)
+    return eqx.filter(grads, eqx.is_inexact_array)
+
+
+def _score_network_value_and_grad(net, x, noise, sigma):
+    """The DSM loss of a `ScoreNetwork` and its gradient, written out by hand.
+
+    With x̃ = x + σε, u = B x̃ + b, h = φ(u) and residual r = A h − x̃ + ε/σ (the model's score
+    plus ε/σ), the loss is ½·mean_i ‖r_i‖²; its gradient is `_score_network_backward` with the
+    cotangent g = r / batch.
+    """
+    noisy = x + sigma * noise
+    pre, h, out = _score_network_forward(net, noisy)
+    residual = out - noisy + noise / sigma
+    loss = 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+    return loss, _score_network_backward(net, noisy, pre, h, residual / x.shape[0])
 
 
 def dsm_value_and_grad(

@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["DataExtent", "data_extent", "with_extent", "DEFAULT_ESCAPE_FACTOR"]
@@ -45,16 +43,14 @@ class DataExtent:
     def dim(self) -> int:
         return len(self.mean)
 
-    def whitened_radius(self, x) -> jax.Array:
-        """ρ(x) = ‖L⁻¹(x − μ)‖ for ``x`` of shape ``(..., d)``; returns shape ``(...)``."""
-        x = jnp.asarray(x)
-        mean = jnp.asarray(self.mean, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else float)
-        w = jnp.asarray(self.whitening, mean.dtype).reshape(self.dim, self.dim)
-        return jnp.linalg.norm((x - mean) @ w.T, axis=-1)
+    def whitened_radius(self, x) -> np.ndarray:
+        """ρ(x) = ‖L⁻¹(x − μ)‖ for ``x`` of shape ``(..., d)``; returns a NumPy array ``(...)``."""
+        whitening = np.asarray(self.whitening).reshape(self.dim, self.dim)
+        return np.linalg.norm((np.asarray(x, np.float64) - np.asarray(self.mean)) @ whitening.T, axis=-1)
 
     def outside(self, x, escape_factor: float = DEFAULT_ESCAPE_FACTOR) -> np.ndarray:
         """``(...)`` bool: True where x is non-finite or ρ(x) > escape_factor · radius."""
-        rho = np.asarray(self.whitened_radius(x))
+        rho = self.whitened_radius(x)
         return ~np.isfinite(rho) | (rho > escape_factor * self.radius)
 
     def to_json(self) -> dict:

@@ -30,8 +30,9 @@ import optax
 
 from . import checkpoint as ckpt
 from ._validation import check_array, check_int, check_key, check_positive
-from .dsm import default_sigmas, dsm_value_and_grad
+from .dsm import SMALL_DIM, _score_network_backward, _score_network_forward, default_sigmas, dsm_value_and_grad
 from .extent import DataExtent, data_extent, with_extent
+from .networks import ScoreNetwork
 
 __all__ = ["fit", "History", "TrainingDivergedError", "CHECKPOINT_NAME", "default_optimizer"]
 
@@ -76,13 +77,12 @@ class TrainingDivergedError(FloatingPointError):
 _EXTENT_SALT = 0x5E7E
 
 
-def _extent_points(data_array, target, draw, key) -> np.ndarray:
+def _extent_points(data_array, draw, key) -> np.ndarray:
     """The points `fit` measures the data's extent and default schedule on: the array (up to
-    100 000 rows), or `EXTENT_DRAWS` fresh draws of the target or data callable."""
+    100 000 rows), or `EXTENT_DRAWS` fresh draws ``draw(key, num)`` of a target or data callable."""
     if data_array is not None:
         return np.asarray(data_array[:100_000], dtype=np.float64)
-    sampler = target.sample if target is not None else draw
-    points = np.asarray(sampler(key, EXTENT_DRAWS), dtype=np.float64)
+    points = np.asarray(draw(key, EXTENT_DRAWS), dtype=np.float64)
     if points.ndim != 2 or not np.all(np.isfinite(points)):
         raise ValueError(f"`data` drew points of shape {points.shape} with non-finite values; "
                          "it must return finite (num, d) arrays")
@@ -90,14 +90,10 @@ def _extent_points(data_array, target, draw, key) -> np.ndarray:
 
 
 def _far_field_arrays(extent: DataExtent, dtype):
-    """(mean μ, L, L, radius) for the confinement penalty, with C = L Lᵀ the data's covariance:
-    far points are μ + L w, and ``s @ L`` is the drift seen in the whitened frame."""
-    d = extent.dim
-    whitening = np.asarray(extent.whitening).reshape(d, d)
-    chol = np.linalg.inv(whitening)
-    # Lᵀ s(z) is the drift in the whitened frame: s ↦ s @ L (row vectors)
-    return (jnp.asarray(extent.mean, dtype), jnp.asarray(chol, dtype), jnp.asarray(chol, dtype),
-            jnp.asarray(extent.radius, dtype))
+    """(mean μ, L, radius) for the confinement penalty, with C = L Lᵀ the data's covariance: far
+    points are μ + L w, and ``s @ L`` is the drift seen in the whitened frame."""
+    chol = np.linalg.inv(np.asarray(extent.whitening).reshape(extent.dim, extent.dim))
+    return jnp.asarray(extent.mean, dtype), jnp.asarray(chol, dtype), jnp.asarray(extent.radius, dtype)
 
 
 def _is_target(data) -> bool:
@@ -161,12 +157,34 @@ def _with_weight_decay(optimizer, weight_decay: float):
     return optimizer
 
 
-def _far_field_penalty(model, points, directions, to_whitened, margin):
-    """The confinement penalty: mean over far-field points z of relu(⟨Lᵀ s(z), u⟩ + margin)²,
-    i.e. how far the drift, seen in the data's whitened frame, fails to point inward by at least
-    ``margin`` along the outward direction u (see `fit`'s `confine`)."""
-    radial = jnp.sum((model(points) @ to_whitened) * directions, axis=-1)
-    return jnp.mean(jax.nn.relu(radial + margin) ** 2)
+def _times_transpose(x, matrix):
+    """``x @ matrix.T`` for a small square ``matrix`` (d ≤ `SMALL_DIM`: broadcasts, since XLA's
+    CPU dot kernels are slow at this width; see `rsnjax.dsm.SMALL_DIM`)."""
+    d = matrix.shape[1]
+    if d > SMALL_DIM:
+        return x @ matrix.T
+    return sum(x[:, k, None] * matrix[:, k] for k in range(d))
+
+
+def _far_field_penalty_grad(model, points, directions, chol, margin):
+    """The gradient of the confinement penalty mean_z relu(⟨Lᵀ s(z), u⟩ + margin)² with respect
+    to the model's floating-point arrays: how far the drift, seen in the data's whitened frame,
+    fails to point inward by at least ``margin`` along the outward direction u (see `fit`'s
+    `confine`). Written out by hand for a `ScoreNetwork` (the DSM gradient's backward pass with
+    the penalty's output cotangent), by autodiff otherwise."""
+    if type(model) is ScoreNetwork:
+        pre, h, out = _score_network_forward(model, points)
+        axis = _times_transpose(directions, chol)      # L u: ⟨Lᵀ s, u⟩ = ⟨s, L u⟩
+        radial = jnp.sum((out - points) * axis, axis=-1)
+        cotangent = (2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
+        return _score_network_backward(model, points, pre, h, cotangent)
+
+    def penalty(params):
+        radial = jnp.sum(eqx.combine(params, static)(points) * _times_transpose(directions, chol), axis=-1)
+        return jnp.mean(jax.nn.relu(radial + margin) ** 2)
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    return jax.grad(penalty)(params)
 
 
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
@@ -197,15 +215,13 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         model = eqx.combine(p, static)
         loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
         if confine is not None:
-            mean, chol, to_whitened, radius = far
+            mean, chol, radius = far
             k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
             u = jax.random.normal(k_dir, (num_far, batch.shape[1]), dtype)
             u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
             rho = radius * jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
-            points = mean + (rho * u) @ chol.T
-            pen_grads = eqx.filter_grad(
-                lambda m: _far_field_penalty(eqx.combine(m, static), points, u, to_whitened,
-                                             _CONFINE_MARGIN))(p)
+            points = mean + _times_transpose(rho * u, chol)
+            pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
             weight = confine / sigma**2
             grads = jax.tree_util.tree_map(lambda g, h: g + (weight * h).astype(g.dtype), grads, pen_grads)
         updates, opt_state = tx.update(grads, opt_state, p)
@@ -408,8 +424,8 @@ def fit(
     steps_per_level = check_int(steps_per_level, "steps_per_level")
 
     # --- the data's extent (recorded on the model; the default schedule and the far field) ----
-    extent_points = _extent_points(data_array, target if data_array is None and kind != "callable" else None,
-                                   draw if kind == "callable" else None, jax.random.fold_in(key, _EXTENT_SALT))
+    extent_points = _extent_points(data_array, target.sample if _is_target(data) else data,
+                                   jax.random.fold_in(key, _EXTENT_SALT))
     extent = data_extent(extent_points)
     if sigmas is None:
         sigmas = default_sigmas(extent_points)
@@ -533,15 +549,16 @@ def fit(
         bar = tqdm(total=total, initial=start_level * steps_per_level + start_step,
                    desc="DSM", unit="step", dynamic_ncols=True)
 
-    def finished():
-        """The model to hand back: the parameter average (when kept), with the data's extent."""
-        out = eqx.combine(ema if ema_decay is not None else params, static)
+    def recorded(parameters):
+        """The model with these parameters and, where it has the field, the data's extent."""
+        out = eqx.combine(parameters, static)
         return with_extent(out, extent) if hasattr(out, "extent") else out
 
-    def current():
-        """The optimiser's current iterate (what checkpoints hold), with the data's extent."""
-        out = eqx.combine(params, static)
-        return with_extent(out, extent) if hasattr(out, "extent") else out
+    def finished():  # the model to hand back: the parameter average when kept
+        return recorded(ema if ema_decay is not None else params)
+
+    def current():  # the optimiser's current iterate, as checkpoints hold it
+        return recorded(params)
 
     chunks_run = 0
     since_ckpt = 0

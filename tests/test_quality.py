@@ -141,6 +141,33 @@ def test_confinement_turns_an_outward_far_field_inward():
     assert np.max(_radial_drift(free, extent, jax.random.key(4))) > 1.0   # without it: still outward
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_hand_written_penalty_gradient_matches_autodiff(activation):
+    from rsnjax.training import _far_field_penalty_grad
+
+    with jax.enable_x64(True):
+        net = ScoreNetwork(2, 32, activation=activation, key=jax.random.key(0))
+        net = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, net)
+        key_u, key_r = jax.random.split(jax.random.key(1))
+        margin = 30.0   # large, so that most points violate it (a trained net's leak keeps them inside)
+        u = jax.random.normal(key_u, (64, 2), jnp.float64)
+        u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
+        chol = jnp.array([[1.5, 0.0], [0.4, 0.7]], jnp.float64)
+        points = jnp.array([0.3, -0.2]) + (3.0 * jax.random.uniform(key_r, (64, 1), jnp.float64, 1, 3) * u) @ chol.T
+        by_hand = _far_field_penalty_grad(net, points, u, chol, margin)
+
+        class Wrapped(eqx.Module):  # not a ScoreNetwork: takes the autodiff path
+            net: ScoreNetwork
+
+            def __call__(self, x):
+                return self.net(x)
+
+        reference = _far_field_penalty_grad(Wrapped(net), points, u, chol, margin).net
+        assert float(jnp.max(jnp.abs(by_hand.A))) > 0
+        for a, b in zip(jax.tree_util.tree_leaves(by_hand), jax.tree_util.tree_leaves(reference)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 # --- the defaults, end to end -----------------------------------------------------------------
 
 @pytest.mark.slow
