@@ -27,13 +27,14 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ._validation import check_array, check_int, check_key, check_positive
+from .extent import DEFAULT_ESCAPE_FACTOR, DataExtent, with_extent
 from .networks import SamplerOnly, ScoreNetwork
-from .extent import DEFAULT_ESCAPE_FACTOR, DataExtent
 from .reservoir import ReservoirSampler
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
 
-__all__ = ["sample", "stable_step_size", "SampleResult", "SamplingWarning", "RHAT_WARNING", "SimulationDivergedError", "as_sde", "skew_symmetric", "configure_cpu",
-           "default_block_size", "step_noise", "chain_key_words"]
+__all__ = ["sample", "stable_step_size", "SampleResult", "SamplingWarning", "RHAT_WARNING",
+           "SimulationDivergedError", "as_sde", "skew_symmetric", "configure_cpu", "default_block_size",
+           "step_noise", "chain_key_words"]
 
 
 # --- per-chain, per-step Gaussian noise -----------------------------------------------------------
@@ -181,6 +182,10 @@ def as_sde(model: Any, *, tau: float | None = None, skew=None, dim: int | None =
     """
     if isinstance(model, CircuitSDE):
         return model
+    if getattr(model, "extent", None) is not None:
+        # the SDE does not use the data's extent: keeping it out of the static part lets models
+        # of the same structure share a compiled program (`sample` reads the extent itself)
+        model = with_extent(model, None)
     if isinstance(model, ReservoirSampler):
         if tau is not None and tau != model.tau:
             model = ReservoirSampler(model.W_out, model.W_in, model.I, activation=model.activation,

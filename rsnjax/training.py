@@ -459,6 +459,10 @@ def fit(
     if not isinstance(base, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax.GradientTransformation, got {type(base).__name__}")
     tx = _with_weight_decay(base, weight_decay)
+    if getattr(model, "extent", None) is not None:
+        # the extent is re-measured on this data; kept out of the compiled program's static part,
+        # so that a model trained before (e.g. level by level) reuses the cached program
+        model = with_extent(model, None)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     noise_root, data_root = jax.random.split(key)
@@ -526,7 +530,7 @@ def fit(
         model_loaded, extra, header = ckpt.load_with_extra(
             ckpt_path, {"opt_state": opt_state, "loss": jnp.zeros(total), "ema": params})
         if hasattr(model_loaded, "extent"):  # the extent is re-measured; params keep the model's structure
-            model_loaded = with_extent(model_loaded, getattr(model, "extent", None))
+            model_loaded = with_extent(model_loaded, None)
         params = eqx.partition(model_loaded, eqx.is_inexact_array)[0]
         ema = extra["ema"]
         opt_state = extra["opt_state"]
