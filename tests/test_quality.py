@@ -168,6 +168,22 @@ def test_hand_written_penalty_gradient_matches_autodiff(activation):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_antithetic_pairs_cut_the_gradient_noise_at_small_sigma():
+    """One SGD step of lr 1 moves the parameters by −∇: across 24 keys at σ = 0.01, the spread of
+    that step is several times smaller with ±ε pairs (the O(1/σ) term cancels within a pair)."""
+    x = np.random.default_rng(0).normal(size=(256, 1)).astype(np.float32)
+    net = ScoreNetwork(1, 32, key=jax.random.key(0))
+    opt = optax.sgd(1.0)
+
+    def step_spread(antithetic):
+        steps = [rsnjax.fit(net, x, sigmas=[0.01], steps_per_level=1, batch_size=64, optimizer=opt,
+                            ema_decay=None, confine=None, antithetic=antithetic, key=jax.random.key(k),
+                            progress=False)[0].A - net.A for k in range(24)]
+        return float(np.mean(np.var(np.stack(steps), axis=0)))
+
+    assert step_spread(True) < 0.2 * step_spread(False)
+
+
 # --- the defaults, end to end -----------------------------------------------------------------
 
 @pytest.mark.slow
