@@ -45,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "parameter averaging are fit's defaults")
     p.add_argument("--chains", type=int, default=10_000, help="parallel chains (default: 10000)")
     p.add_argument("--burn-in", type=int, default=1000, help="Euler–Maruyama steps before saving starts (default: 1000)")
-    p.add_argument("--steps", type=int, default=2000, help="Euler–Maruyama steps after burn-in (default: 2000)")
-    p.add_argument("--step-size", type=float, default=0.01, help="dt (default: 0.01: 30 time constants in all)")
+    p.add_argument("--steps", type=int, default=20_000,
+                   help="Euler–Maruyama steps after burn-in (default: 20000, t = 200: long enough for "
+                        "R̂ ≤ 1.01 on the double peak, whose chains switch modes every ≈ 10 time units)")
+    p.add_argument("--step-size", type=float, default=0.01, help="dt (default: 0.01)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
     p.add_argument("--out", default="results/demo", help="output directory (default: results/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing output directory")
