@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -729,7 +730,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from . import ReservoirSampler, ScoreNetwork, SimulationDivergedError, sample
+    from . import ReservoirSampler, SamplingWarning, ScoreNetwork, SimulationDivergedError, sample
 
     model, info = _load_model(checkpoint)
     space = args.space
@@ -749,10 +750,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _say(f"rsnjax sample: {args.chains} chains x {args.steps} steps (dt {args.step_size:g}) of "
          f"{info['model']['class']} in {space} space ({args.backend})")
     try:
-        result = sample(model, key=jax.random.key(args.seed), num_chains=args.chains, num_steps=args.steps,
-                        step_size=args.step_size, init=args.init, burn_in=args.burn_in,
-                        save_every=args.save_every, tau=args.tau, backend=args.backend,
-                        on_nonfinite=args.on_nonfinite, block_size=args.block_size)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SamplingWarning)
+            result = sample(model, key=jax.random.key(args.seed), num_chains=args.chains, num_steps=args.steps,
+                            step_size=args.step_size, init=args.init, burn_in=args.burn_in,
+                            save_every=args.save_every, tau=args.tau, backend=args.backend,
+                            on_nonfinite=args.on_nonfinite, block_size=args.block_size)
+        for w in caught:  # one line each, like the command's other messages
+            _say(f"rsnjax sample: warning: {w.message}" if issubclass(w.category, SamplingWarning)
+                 else warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip())
     except SimulationDivergedError as err:
         message = " ".join(str(err).split()).replace("pass on_nonfinite='flag'", "pass --on-nonfinite flag")
         raise CLIError(f"simulation diverged: {message}", EXIT_FAILURE) from None
