@@ -14,7 +14,7 @@ from .reservoir import RankDeficientReadoutError, ReservoirSampler
 from .sampling import (SampleResult, SamplingWarning, SimulationDivergedError, as_sde, configure_cpu, sample,
                        skew_symmetric, stable_step_size)
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
-from .training import History, TrainingDivergedError, default_optimizer, fit
+from .training import History, TrainingDivergedError, cosine_optimizer, default_optimizer, fit
 
 __all__ = [
     "__version__",
@@ -32,6 +32,7 @@ __all__ = [
     "geometric_sigmas",
     "default_sigmas",
     "default_optimizer",
+    "cosine_optimizer",
     "DataExtent",
     "data_extent",
     "dsm_loss",

@@ -200,9 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-level", type=positive_int, default=2000, help="optimiser steps per level")
     p.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
     p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="optimiser learning rate")
-    p.add_argument("--optimizer", choices=("default", "adam", "amsgrad"), default="default",
-                   help="default: Adam cosine-decayed to 1%% within every level (fit's default); "
-                        "adam / amsgrad: constant learning rate (the paper's double peak used amsgrad)")
+    p.add_argument("--optimizer", choices=("adam", "cosine", "amsgrad"), default="adam",
+                   help="adam: constant learning rate (fit's default, with the parameter average); "
+                        "cosine: Adam cosine-decayed to 1%% within every level; "
+                        "amsgrad: constant learning rate (the paper's double peak used it)")
     p.add_argument("--ema-decay", type=non_negative_float, default=0.999,
                    help="return the moving average of the parameters with this decay (0: the last iterate)")
     p.add_argument("--no-antithetic", dest="antithetic", action="store_false", default=True,
@@ -631,7 +632,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import numpy as np
     import optax
 
-    from . import SamplerOnly, ScoreNetwork, default_optimizer, default_sigmas, fit, geometric_sigmas
+    from . import SamplerOnly, ScoreNetwork, cosine_optimizer, default_optimizer, default_sigmas, fit, geometric_sigmas
     from .training import TrainingDivergedError
 
     if data_sha is None:
@@ -655,10 +656,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         dynamics = "synaptic_current" if args.model == "so-sc" else "firing_rate"
         model = SamplerOnly(dim, dynamics=dynamics, activation=args.activation, key=key_init)
-    if args.optimizer == "default":
-        optimizer = default_optimizer(args.steps_per_level, args.learning_rate)
+    if args.optimizer == "cosine":
+        optimizer = cosine_optimizer(args.steps_per_level, args.learning_rate)
+    elif args.optimizer == "amsgrad":
+        optimizer = optax.amsgrad(args.learning_rate)
     else:
-        optimizer = (optax.amsgrad if args.optimizer == "amsgrad" else optax.adam)(args.learning_rate)
+        optimizer = default_optimizer(args.learning_rate)
 
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume and state_file.exists():  # --overwrite: start the run afresh
