@@ -3,7 +3,7 @@
 The data flows one way: target or data → `fit` → score model → circuit → `sample` → metrics.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
