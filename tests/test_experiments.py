@@ -104,7 +104,7 @@ def test_out_dir_is_never_overwritten_silently(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_double_peak_rsn_is_bimodal_and_so_sc_is_not():
-    """PAPER.md §5: a ReLU RSN samples both modes of the double peak; SO-SC (ReLU) cannot.
+    """docs/SCIENCE.md §5: a ReLU RSN samples both modes of the double peak; SO-SC (ReLU) cannot.
 
     2000 chains: a mode weight has sd √(¼/2000) ≈ 0.011, so [0.4, 0.6] is a ±9 sd band around ½;
     the dip ratio (density at 0 over density at ±1, exact value 0.28) has sd ≲ 0.05 at this size,

@@ -1,4 +1,4 @@
-"""The 2-D heavy-tailed Laplace "X": SO-SC, SO-FR and RSNs (PAPER.md §4–§5).
+"""The 2-D heavy-tailed Laplace "X": SO-SC, SO-FR and RSNs (docs/SCIENCE.md §4–§5).
 
 The target is ½ copula(ρ = +0.9) + ½ copula(ρ = −0.9) with Laplace marginals of variance 1 and
 excess kurtosis 3. Every model is sampled twice: with the paper's protocol (N(0, I) start of
@@ -73,7 +73,7 @@ _PAPER = dict(
     figure_dpi=110,
 )
 
-#: The named settings. ``paper`` is PAPER.md §4–§5 (N = 5000 is the paper's own choice) plus a
+#: The named settings. ``paper`` is docs/SCIENCE.md §4–§5 (N = 5000 is the paper's own choice) plus a
 #: long run to t = 20. ``quick`` trains N = 300 for a third of the steps with a larger batch (512)
 #: and learning rate (1e-3, cosine-decayed to 0 within each level: with the paper's constant 1e-4
 #: a third of the steps leaves the score error at 3.9 instead of 1.4), and samples 2000 chains
