@@ -72,6 +72,16 @@ def test_mnist_paper_preset_requires_data():
         ex.mnist.load_data(ex.PRESETS["mnist"]["paper"], None, key=jax.random.key(0))
 
 
+def test_mnist_example_requires_data_argument(capsys):
+    # examples/mnist.py names no default directory: without --data it stops with a clear message
+    from rsnjax.experiments import _examples
+
+    with pytest.raises(SystemExit) as exc:
+        _examples.main("mnist", "MNIST", argv=[])
+    assert exc.value.code == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
 def test_run_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="`name`"):
         ex.run("double_peak", out_dir=tmp_path / "a")
