@@ -9,6 +9,8 @@ from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
 from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
 from .extent import DataExtent, data_extent
+from .interop import (CircuitInfo, CircuitState, LogDensityTarget, SamplingAlgorithm, as_blackjax,
+                      score_from_logdensity, to_arviz)
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
 from .reservoir import RankDeficientReadoutError, ReservoirSampler
 from .sampling import (SampleResult, SamplingWarning, SimulationDivergedError, as_sde, configure_cpu, sample,
@@ -48,6 +50,13 @@ __all__ = [
     "CircuitSDE",
     "OutputLangevin",
     "ReservoirLangevin",
+    "as_blackjax",
+    "SamplingAlgorithm",
+    "CircuitState",
+    "CircuitInfo",
+    "score_from_logdensity",
+    "LogDensityTarget",
+    "to_arviz",
     "save",
     "load",
     "CheckpointError",
