@@ -10,7 +10,7 @@ train with the same budget (schedule, optimiser, steps), then report
 
 as N grows. SO models have no N and are reported once per target. Every configuration is
 repeated over seeds (mean ± sd). RSN samples are drawn from the output-space Langevin dynamics
-of the trained score network, which the reservoir's readout follows exactly (PAPER.md §3; the
+of the trained score network, which the reservoir's readout follows exactly (docs/SCIENCE.md §3; the
 identity is tested in the core suite), so the cost does not depend on which of the two is run.
 
     python benchmarks/score_error_vs_neurons.py --quick          # a few minutes on 2 cores

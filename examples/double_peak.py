@@ -1,4 +1,4 @@
-"""The 1-D double peak: SO-SC vs SO-FR vs RSN (PAPER.md §4–§5).
+"""The 1-D double peak: SO-SC vs SO-FR vs RSN (docs/SCIENCE.md §4–§5).
 
     python examples/double_peak.py                    # quick preset → results/double-peak-quick/
     python examples/double_peak.py --preset paper      # the paper's settings (≈ 5 min on 2 CPU cores)

@@ -1,5 +1,5 @@
 """The 2-D heavy-tailed Laplace "X": SO-SC vs SO-FR vs RSN, plain vs accelerated sampling
-(PAPER.md §4–§5).
+(docs/SCIENCE.md §4–§5).
 
     python examples/laplace_x.py                       # quick preset → results/laplace-x-quick/
     python examples/laplace_x.py --preset paper        # the paper's settings (N = 5000, 10 000 chains)

@@ -3,12 +3,14 @@
 The data flows one way: target or data → `fit` → score model → circuit → `sample` → metrics.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
 from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
 from .extent import DataExtent, data_extent
+from .interop import (CircuitInfo, CircuitState, LogDensityTarget, SamplingAlgorithm, as_blackjax,
+                      score_from_logdensity, to_arviz)
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
 from .reservoir import RankDeficientReadoutError, ReservoirSampler
 from .sampling import (SampleResult, SamplingWarning, SimulationDivergedError, as_sde, configure_cpu, sample,
@@ -49,6 +51,13 @@ __all__ = [
     "CircuitSDE",
     "OutputLangevin",
     "ReservoirLangevin",
+    "as_blackjax",
+    "SamplingAlgorithm",
+    "CircuitState",
+    "CircuitInfo",
+    "score_from_logdensity",
+    "LogDensityTarget",
+    "to_arviz",
     "save",
     "load",
     "CheckpointError",

@@ -4,7 +4,7 @@ L2 normalisation and a PCA fitted in-project.
 Nothing here downloads anything: MNIST is read from a directory the user gives (the standard IDX
 files, gzip-compressed or raw), and the 8×8 digits ship inside scikit-learn.
 
-The paper's MNIST pipeline (PAPER.md §4) is::
+The paper's MNIST pipeline (docs/SCIENCE.md §4) is::
 
     data = load_mnist(directory)                 # (n, 784) in [0, 1]
     x = l2_normalize(data.images)                # every image has unit Euclidean norm

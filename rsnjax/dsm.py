@@ -1,4 +1,4 @@
-"""Denoising score matching (DSM) and its annealed noise schedule (PAPER.md §4)."""
+"""Denoising score matching (DSM) and its annealed noise schedule (docs/SCIENCE.md §4)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ class ScoreNetwork(eqx.Module):
 
 
 class SamplerOnly(eqx.Module):
-    """A sampler-only circuit of d units whose drift is trained as a score (PAPER.md §2).
+    """A sampler-only circuit of d units whose drift is trained as a score (docs/SCIENCE.md §2).
 
     - ``dynamics="synaptic_current"`` (SO-SC): s(x) = M [γ ⊙ (W φ(x) + b − x)]
     - ``dynamics="firing_rate"`` (SO-FR):       s(x) = M [γ ⊙ (φ(W x + b) − x)]

@@ -6,7 +6,7 @@ Given s(x) = −x + A φ(Bx + b), the circuit
 
 with W_out = A, W_rec = B A (rank ≤ d), I = b and A⁺ = Aᵀ(AAᵀ)⁻¹, has output dynamics
 dx = s(x) dt/τ + √(2/τ) dB exactly (multiply by A and use A A⁺ = I): the output runs Langevin
-dynamics of the trained score, whose stationary law does not depend on τ (PAPER.md §3).
+dynamics of the trained score, whose stationary law does not depend on τ (docs/SCIENCE.md §3).
 W_rec is kept as its two factors; `dense_recurrent_weights` forms it only for inspection.
 """
 

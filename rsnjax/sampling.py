@@ -138,6 +138,13 @@ class SampleResult(NamedTuple):
         """How many chains became NaN/inf."""
         return int(np.sum(np.asarray(self.nonfinite_step) >= 0))
 
+    def to_arviz(self, **kwargs):
+        """The saved trajectory as ArviZ data with dims ``(chain, draw, dim)``; keyword
+        arguments as `rsnjax.interop.to_arviz` (needs the ``arviz`` extra)."""
+        from .interop import to_arviz
+
+        return to_arviz(self, **kwargs)
+
 
 class SamplingWarning(RuntimeWarning):
     """`sample` returned samples that should not be trusted as they are: chains that left the

@@ -9,7 +9,7 @@
   noise √(2/τ)·A⁺, readout x = W_out r. Its output path equals `OutputLangevin`'s of the mapped score
   network when both are fed the same d-dimensional noise.
 
-S is an optional skew-symmetric matrix (non-reversible "accelerated" sampling, PAPER.md §5); it
+S is an optional skew-symmetric matrix (non-reversible "accelerated" sampling, docs/SCIENCE.md §5); it
 leaves the stationary law unchanged.
 
 Each SDE exposes ``euler_maruyama_step(state, noise, step_size)`` — one fused Euler–Maruyama step

@@ -72,6 +72,16 @@ def test_mnist_paper_preset_requires_data():
         ex.mnist.load_data(ex.PRESETS["mnist"]["paper"], None, key=jax.random.key(0))
 
 
+def test_mnist_example_requires_data_argument(capsys):
+    # examples/mnist.py names no default directory: without --data it stops with a clear message
+    from rsnjax.experiments import _examples
+
+    with pytest.raises(SystemExit) as exc:
+        _examples.main("mnist", "MNIST", argv=[])
+    assert exc.value.code == 2
+    assert "--data is required" in capsys.readouterr().err
+
+
 def test_run_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="`name`"):
         ex.run("double_peak", out_dir=tmp_path / "a")
@@ -104,7 +114,7 @@ def test_out_dir_is_never_overwritten_silently(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_double_peak_rsn_is_bimodal_and_so_sc_is_not():
-    """PAPER.md §5: a ReLU RSN samples both modes of the double peak; SO-SC (ReLU) cannot.
+    """docs/SCIENCE.md §5: a ReLU RSN samples both modes of the double peak; SO-SC (ReLU) cannot.
 
     2000 chains: a mode weight has sd √(¼/2000) ≈ 0.011, so [0.4, 0.6] is a ±9 sd band around ½;
     the dip ratio (density at 0 over density at ±1, exact value 0.28) has sd ≲ 0.05 at this size,

@@ -55,7 +55,7 @@ def test_same_key_same_weights_and_sc_relu_drift_has_single_kink():
     a = ScoreNetwork(2, 10, key=jax.random.key(7))
     b = ScoreNetwork(2, 10, key=jax.random.key(7))
     assert all(np.array_equal(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-    # 1-D SO-SC with ReLU is piecewise linear with one kink at 0 (PAPER.md §2)
+    # 1-D SO-SC with ReLU is piecewise linear with one kink at 0 (docs/SCIENCE.md §2)
     so = _randomise(SamplerOnly(1, key=jax.random.key(8)), jax.random.key(9))
     xs = jnp.linspace(-3, 3, 601)[:, None]
     second = np.diff(np.asarray(so(xs))[:, 0], 2)

@@ -7,7 +7,7 @@ and library versions) and PNG + PDF figures.
     >>> import rsnjax.experiments as ex
     >>> results = ex.run("double-peak", preset="quick")      # → results/double-peak-quick/
 
-Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``. Presets: ``"paper"`` (PAPER.md §4–§5),
+Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``. Presets: ``"paper"`` (docs/SCIENCE.md §4–§5),
 ``"quick"`` (about a minute on 2 CPU cores), ``"tiny"`` (seconds, for tests). `PRESETS` holds the
 settings of each; the docstring of each module says what its presets change.
 """

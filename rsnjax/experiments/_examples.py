@@ -19,12 +19,15 @@ def main(name: str, description: str, argv=None, *, data_default: str | None = N
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one preset setting, value as JSON (e.g. --set hidden=300); repeatable")
     if data_default is not None or name == "mnist":
-        parser.add_argument("--data", default=data_default, help="directory with the MNIST IDX files "
-                            "(train-images-idx3-ubyte[.gz] or t10k-images-idx3-ubyte[.gz]); 'none' uses the "
-                            "8x8 digits bundled with scikit-learn (quick/tiny presets only)")
+        parser.add_argument("--data", default=data_default, metavar="DIR", help="required: directory with the "
+                            "MNIST IDX files (train-images-idx3-ubyte[.gz] or t10k-images-idx3-ubyte[.gz]); "
+                            "'none' uses the 8x8 digits bundled with scikit-learn (quick/tiny presets only)")
         parser.add_argument("--estimate-cost", action="store_true", help="time a few steps of the paper-size RSN "
                             "(N = 20 000, d = 300) on this machine, print the extrapolated cost of the paper preset, exit")
     args = parser.parse_args(argv)
+    if hasattr(args, "data") and args.data is None and not args.estimate_cost:
+        parser.error("--data is required: a directory with the MNIST IDX files (e.g. "
+                     "t10k-images-idx3-ubyte.gz), or 'none' for scikit-learn's 8x8 digits")
     if getattr(args, "estimate_cost", False):
         from .mnist import estimate_cost
 

@@ -1,4 +1,4 @@
-"""The 1-D double peak ½N(−1, 0.5²) + ½N(1, 0.5²): SO-SC, SO-FR and an RSN (PAPER.md §4–§5).
+"""The 1-D double peak ½N(−1, 0.5²) + ½N(1, 0.5²): SO-SC, SO-FR and an RSN (docs/SCIENCE.md §4–§5).
 
 What is recorded:
 
@@ -57,7 +57,7 @@ _PAPER = dict(
     figure_dpi=110,
 )
 
-#: The named settings. ``paper`` is PAPER.md §4–§5; ``quick`` keeps the model, schedule and
+#: The named settings. ``paper`` is docs/SCIENCE.md §4–§5; ``quick`` keeps the model, schedule and
 #: optimiser but trains a third of the steps and samples 2000 chains (t = 1 with dt = 1e-3, and
 #: t = 10 with dt = 2e-3) (≈ 1–2 min on 2 cores); ``tiny`` is for tests (seconds).
 PRESETS: dict[str, dict[str, Any]] = {

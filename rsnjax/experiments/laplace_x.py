@@ -1,4 +1,4 @@
-"""The 2-D heavy-tailed Laplace "X": SO-SC, SO-FR and RSNs (PAPER.md §4–§5).
+"""The 2-D heavy-tailed Laplace "X": SO-SC, SO-FR and RSNs (docs/SCIENCE.md §4–§5).
 
 The target is ½ copula(ρ = +0.9) + ½ copula(ρ = −0.9) with Laplace marginals of variance 1 and
 excess kurtosis 3. Every model is sampled twice: with the paper's protocol (N(0, I) start of

@@ -1,5 +1,5 @@
 """MNIST (or scikit-learn's 8×8 digits): SO-SC, SO-FR and an RSN on PCA coordinates of
-L2-normalised images (PAPER.md §4–§5).
+L2-normalised images (docs/SCIENCE.md §4–§5).
 
 Pipeline: load the images (IDX files from ``data_dir``, else the bundled 8×8 digits for the
 ``quick``/``tiny`` presets), scale each to unit L2 norm, hold out a random ``holdout_fraction`` of
@@ -61,7 +61,7 @@ _PAPER = dict(
     figure_dpi=110,
 )
 
-#: The named settings. ``paper`` is PAPER.md §4–§5 (needs ``data_dir``; 1000 epochs in all, a
+#: The named settings. ``paper`` is docs/SCIENCE.md §4–§5 (needs ``data_dir``; 1000 epochs in all, a
 #: GPU job). ``quick``: N = 1000, 1500 steps per level with the learning rate cosine-decayed within
 #: each level, 500 chains sampled to t = 0.3 (dt = 1e-4 × 3000 steps: at the paper's t = 0.03 the
 #: leading principal components, variance ≈ 0.05, have not relaxed); uses the 8×8 digits (PCA to
