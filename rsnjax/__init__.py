@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 
 from . import checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
+from .conditional import (ConditionalSamplerOnly, ConditionalScoreNetwork, conditional_dsm_loss_with_noise,
+                          conditional_dsm_value_and_grad)
 from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
 from .extent import DataExtent, data_extent
 from .networks import ACTIVATIONS, SamplerOnly, ScoreNetwork
@@ -23,6 +25,8 @@ __all__ = [
     "checkpoint",
     "ScoreNetwork",
     "SamplerOnly",
+    "ConditionalScoreNetwork",
+    "ConditionalSamplerOnly",
     "ACTIVATIONS",
     "ReservoirSampler",
     "RankDeficientReadoutError",
@@ -37,6 +41,8 @@ __all__ = [
     "dsm_loss",
     "dsm_loss_with_noise",
     "dsm_value_and_grad",
+    "conditional_dsm_loss_with_noise",
+    "conditional_dsm_value_and_grad",
     "sample",
     "stable_step_size",
     "SampleResult",
