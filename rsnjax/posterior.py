@@ -31,11 +31,10 @@ from .targets import GaussianMixture, _as_float64
 __all__ = ["LinearGaussianObservation", "cue_combination", "bimodal_observation"]
 
 
-def _gaussian_log_pdf(diff, cov):
-    """log N(diff; 0, cov) over a batch ``diff`` ``(..., K, n)`` with ``cov`` ``(K, n, n)``."""
-    prec = jnp.linalg.inv(cov)
+def _log_pdf(diff, prec, logdet):
+    """log N(diff; 0, P⁻¹) over a batch ``diff`` ``(..., K, n)`` with precisions ``prec``
+    ``(K, n, n)`` and log-determinants of the covariances ``logdet`` ``(K,)``."""
     maha = jnp.einsum("...ki,kij,...kj->...k", diff, prec, diff)
-    logdet = jnp.linalg.slogdet(cov)[1]
     return -0.5 * (maha + logdet + diff.shape[-1] * math.log(2 * math.pi))
 
 
@@ -51,12 +50,22 @@ class LinearGaussianObservation(eqx.Module):
       positive-definite matrix.
 
     ``dim`` is d, ``cond_dim`` the size of y. Every method takes x ``(..., d)`` and y
-    ``(..., cond_dim)`` with broadcastable batch shapes.
+    ``(..., cond_dim)`` with broadcastable batch shapes. The matrices that do not depend on y
+    (the gains K_k, the posterior covariances P_k, the precisions) are computed once, in
+    float64, when the target is built, so `score` is a few small products (cheap inside a
+    sampler's loop).
     """
 
     prior: GaussianMixture
     H: Float[Array, "cond_dim dim"]
     noise_cov: Float[Array, "cond_dim cond_dim"]
+    _prior_prec: Float[Array, "K dim dim"]
+    _prior_log_norm: Float[Array, " K"]
+    _innov_prec: Float[Array, "K cond_dim cond_dim"]
+    _innov_logdet: Float[Array, " K"]
+    _gain: Float[Array, "K dim cond_dim"]
+    _post_cov: Float[Array, "K dim dim"]
+    _noise_prec_H: Float[Array, "cond_dim dim"]
     dim: int = eqx.field(static=True)
     cond_dim: int = eqx.field(static=True)
 
@@ -76,10 +85,23 @@ class LinearGaussianObservation(eqx.Module):
                 or np.any(np.linalg.eigvalsh(r) <= 0):
             raise ValueError(f"`noise_cov` must be a positive variance, ({m},) positive variances or a "
                              f"({m}, {m}) positive-definite matrix, got {np.shape(noise_cov)}")
+        cov = np.asarray(prior.covariances, np.float64)
+        innov = np.einsum("ij,kjl,ml->kim", h, cov, h) + r  # S_k = H Σ_k Hᵀ + R
+        innov_prec = np.linalg.inv(innov)
+        gain = np.einsum("kij,lj,klm->kim", cov, h, innov_prec)  # K_k = Σ_k Hᵀ S_k⁻¹
+        post = cov - np.einsum("kij,jl,klm->kim", gain, h, cov)
         dtype = prior.means.dtype
+        as_jnp = lambda a: jnp.asarray(a, dtype)  # noqa: E731
         self.prior = prior
-        self.H = jnp.asarray(h, dtype)
-        self.noise_cov = jnp.asarray(r, dtype)
+        self.H = as_jnp(h)
+        self.noise_cov = as_jnp(r)
+        self._prior_prec = as_jnp(np.linalg.inv(cov))
+        self._prior_log_norm = as_jnp(np.log(np.asarray(prior.weights, np.float64)) - 0.5 * np.linalg.slogdet(cov)[1])
+        self._innov_prec = as_jnp(innov_prec)
+        self._innov_logdet = as_jnp(np.linalg.slogdet(innov)[1])
+        self._gain = as_jnp(gain)
+        self._post_cov = as_jnp(0.5 * (post + np.swapaxes(post, -1, -2)))
+        self._noise_prec_H = as_jnp(np.linalg.solve(r, h))
         self.dim = prior.dim
         self.cond_dim = m
 
@@ -92,31 +114,28 @@ class LinearGaussianObservation(eqx.Module):
             out.append(check_array(y, "y", dim=self.cond_dim, finite=False))
         return out
 
-    def _innovation_cov(self):
-        return jnp.einsum("ij,kjl,ml->kim", self.H, self.prior.covariances, self.H) + self.noise_cov
-
-    def _gain(self):
-        s = self._innovation_cov()
-        return jnp.einsum("kij,lj,klm->kim", self.prior.covariances, self.H, jnp.linalg.inv(s))
-
     def posterior_covariances(self) -> Float[Array, "K dim dim"]:
         """P_k = Σ_k − K_k H Σ_k (the same for every y)."""
-        gain = self._gain()
-        cov = self.prior.covariances - jnp.einsum("kij,jl,klm->kim", gain, self.H, self.prior.covariances)
-        return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+        return self._post_cov
+
+    def _means(self, y):
+        innov = y[..., None, :] - self.prior.means @ self.H.T  # (..., K, m)
+        return self.prior.means + jnp.einsum("kij,...kj->...ki", self._gain, innov)
+
+    def _log_weights(self, y):
+        diff = y[..., None, :] - self.prior.means @ self.H.T
+        logw = jnp.log(self.prior.weights) + _log_pdf(diff, self._innov_prec, self._innov_logdet)
+        return logw - logsumexp(logw, axis=-1, keepdims=True)
 
     def posterior_means(self, y: Float[Array, "*batch cond_dim"]) -> Float[Array, "*batch K dim"]:
         """m_k(y) = μ_k + K_k (y − H μ_k)."""
         (y,) = self._check(y=y)
-        innov = y[..., None, :] - self.prior.means @ self.H.T  # (..., K, m)
-        return self.prior.means + jnp.einsum("kij,...kj->...ki", self._gain(), innov)
+        return self._means(y)
 
     def posterior_log_weights(self, y: Float[Array, "*batch cond_dim"]) -> Float[Array, "*batch K"]:
         """log w_k(y), normalised: log π_k + log N(y; H μ_k, S_k) − log p(y)."""
         (y,) = self._check(y=y)
-        diff = y[..., None, :] - self.prior.means @ self.H.T
-        logw = jnp.log(self.prior.weights) + _gaussian_log_pdf(diff, self._innovation_cov())
-        return logw - logsumexp(logw, axis=-1, keepdims=True)
+        return self._log_weights(y)
 
     def posterior_weights(self, y: Float[Array, "*batch cond_dim"]) -> Float[Array, "*batch K"]:
         """w_k(y)."""
@@ -126,44 +145,44 @@ class LinearGaussianObservation(eqx.Module):
         """log p(y), the marginal law of the observation."""
         (y,) = self._check(y=y)
         diff = y[..., None, :] - self.prior.means @ self.H.T
-        return logsumexp(jnp.log(self.prior.weights) + _gaussian_log_pdf(diff, self._innovation_cov()), axis=-1)
+        return logsumexp(jnp.log(self.prior.weights) + _log_pdf(diff, self._innov_prec, self._innov_logdet), axis=-1)
 
     def posterior(self, y: Float[Array, " cond_dim"]) -> GaussianMixture:
         """p(x | y) for one observation ``y`` ``(cond_dim,)`` as a `GaussianMixture`."""
         y = check_array(y, "y", ndim=1, dim=self.cond_dim)
-        return GaussianMixture(np.asarray(self.posterior_means(y), np.float64),
-                               np.asarray(self.posterior_covariances(), np.float64),
-                               np.asarray(self.posterior_weights(y), np.float64))
+        return GaussianMixture(np.asarray(self._means(y), np.float64), np.asarray(self._post_cov, np.float64),
+                               np.asarray(jnp.exp(self._log_weights(y)), np.float64))
 
     # --- the conditional target's interface ----------------------------------------------
+    def _blurred(self, x, y, sigma):
+        """(responsibilities, per-component scores) of the posterior with covariances P_k + σ² I."""
+        cov = self._post_cov + sigma**2 * jnp.eye(self.dim, dtype=self.H.dtype)
+        prec, logdet = jnp.linalg.inv(cov), jnp.linalg.slogdet(cov)[1]
+        x, means = jnp.broadcast_arrays(x[..., None, :], self._means(y))
+        logc = self._log_weights(y) + _log_pdf(x - means, prec, logdet)
+        return logc, jnp.einsum("kij,...kj->...ki", prec, means - x)
+
     def log_prob(self, x: Float[Array, "*batch dim"], y: Float[Array, "*batch cond_dim"]) -> Float[Array, "*batch"]:
         """log p(x | y) (normalised)."""
         x, y = self._check(x, y)
-        return self._blurred_log_prob(x, y, 0.0)
-
-    def _blurred_log_prob(self, x, y, sigma):
-        cov = self.posterior_covariances() + sigma**2 * jnp.eye(self.dim, dtype=self.H.dtype)
-        diff = x[..., None, :] - self.posterior_means(y)
-        return logsumexp(self.posterior_log_weights(y) + _gaussian_log_pdf(diff, cov), axis=-1)
+        return logsumexp(self._blurred(x, y, 0.0)[0], axis=-1)
 
     def score(self, x: Float[Array, "*batch dim"], y: Float[Array, "*batch cond_dim"]) -> Float[Array, "*batch dim"]:
         """∇ₓ log p(x | y) = ∇ log p(x) + Hᵀ R⁻¹ (y − H x)."""
         x, y = self._check(x, y)
-        prior_score = self.prior._score(x, self.prior.covariances)
-        resid = y - x @ self.H.T
-        return prior_score + jnp.linalg.solve(self.noise_cov, resid[..., None])[..., 0] @ self.H
+        diff = self.prior.means - x[..., None, :]  # (..., K, d)
+        maha = jnp.einsum("...ki,kij,...kj->...k", diff, self._prior_prec, diff)
+        resp = jax.nn.softmax(self._prior_log_norm - 0.5 * maha, axis=-1)
+        prior_score = jnp.sum(resp[..., None] * jnp.einsum("kij,...kj->...ki", self._prior_prec, diff), axis=-2)
+        return prior_score + (y - x @ self.H.T) @ self._noise_prec_H
 
     def blurred_score(self, x: Float[Array, "*batch dim"], y: Float[Array, "*batch cond_dim"], sigma) -> Float[Array, "*batch dim"]:
         """The score of p(· | y) convolved with N(0, σ² I) (what conditional DSM at level σ
         approximates), in closed form: the posterior mixture with covariances P_k + σ² I."""
         sigma = check_positive(sigma, "sigma", allow_zero=True)
         x, y = self._check(x, y)
-        cov = self.posterior_covariances() + sigma**2 * jnp.eye(self.dim, dtype=self.H.dtype)
-        x, means = jnp.broadcast_arrays(x[..., None, :], self.posterior_means(y))
-        logc = self.posterior_log_weights(y) + _gaussian_log_pdf(x - means, cov)
-        resp = jax.nn.softmax(logc, axis=-1)
-        comp = jnp.einsum("kij,...kj->...ki", jnp.linalg.inv(cov), means - x)
-        return jnp.sum(resp[..., None] * comp, axis=-2)
+        logc, comp = self._blurred(x, y, sigma)
+        return jnp.sum(jax.nn.softmax(logc, axis=-1)[..., None] * comp, axis=-2)
 
     def sample(self, key: PRNGKeyArray, num: int) -> tuple[Float[Array, "num dim"], Float[Array, "num cond_dim"]]:
         """``num`` joint draws ``(x, y)``: x from the prior, y = H x + ε."""
