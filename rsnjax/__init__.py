@@ -5,7 +5,7 @@ The data flows one way: target or data → `fit` → score model → circuit →
 
 __version__ = "0.1.0"
 
-from . import checkpoint, metrics, targets
+from . import checkpoint, metrics, posterior, targets
 from .checkpoint import CheckpointError, load, save
 from .conditional import (ConditionalSamplerOnly, ConditionalScoreNetwork, conditional_dsm_loss_with_noise,
                           conditional_dsm_value_and_grad)
@@ -21,6 +21,7 @@ from .training import History, TrainingDivergedError, default_optimizer, fit
 __all__ = [
     "__version__",
     "targets",
+    "posterior",
     "metrics",
     "checkpoint",
     "ScoreNetwork",
