@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {**_QUICK, "observations": (-1.0, 0.0, 1.0), "hidden": 32, "steps_per_level": 20,
              "chains_per_observation": 64, "reference_size": 64, "t_total": 0.2, "step_size": 1e-2,
              "null_repeats": 2, "blur_repeats": 2, "score_error_samples": 64, "cue_hidden": 16,
-             "cue_pairs": 2, "cue_chains": 64, "cue_t_total": 0.2, "cue_step_fraction": 0.2,
+             "cue_reliabilities": (4.0,), "cue_pairs": 2, "cue_chains": 64, "cue_t_total": 0.2, "cue_step_fraction": 0.2,
              "switch_chains": 64, "switch_t_before": 0.2, "switch_t_after": 0.2, "switch_save_every": 5,
              "figure_formats": ("png",), "figure_dpi": 50},
 }
