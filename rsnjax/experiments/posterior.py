@@ -46,12 +46,13 @@ NAME = "posterior"
 _QUICK = dict(
     separation=1.5, spread=0.5, h=(1.0, 0.5), noise_std=0.7,
     observations=(-2.0, -0.5, 0.0, 0.5, 2.0),
-    hidden=500, activation="relu", steps_per_level=2000,
-    chains_per_observation=2000, reference_size=2000, t_total=15.0, step_size=5e-3,
+    hidden=1000, activation="relu", steps_per_level=2000,
+    chains_per_observation=2000, reference_size=2000, t_total=10.0, step_size=2.5e-3,
     null_repeats=8, blur_repeats=4, score_error_samples=2000,
     cue_reliability=4.0, cue_reliabilities=(1.0, 4.0, 16.0), cue_hidden=200, cue_pairs=5,
     cue_chains=2000, cue_t_total=3.0, cue_step_fraction=0.02,
-    switch_from=-2.0, switch_to=2.0, switch_chains=2000, switch_t_before=5.0, switch_t_after=10.0,
+    switch_from=-2.0, switch_to=2.0, switch_chains=2000, switch_step_size=5e-3, switch_t_before=5.0,
+    switch_t_after=10.0,
     switch_save_every=20, relaxed_fraction=0.1,
     figure_formats=("png", "pdf"), figure_dpi=110,
 )
@@ -59,14 +60,14 @@ _QUICK = dict(
 #: The named settings (see the module docstring).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": _QUICK,
-    "full": {**_QUICK, "hidden": 1000, "cue_hidden": 500, "steps_per_level": 4000,
-             "chains_per_observation": 5000, "reference_size": 5000, "t_total": 30.0,
+    "full": {**_QUICK, "cue_hidden": 500, "steps_per_level": 4000,
+             "chains_per_observation": 5000, "reference_size": 5000, "t_total": 20.0,
              "cue_chains": 5000, "switch_chains": 5000},
     "tiny": {**_QUICK, "observations": (-1.0, 0.0, 1.0), "hidden": 32, "steps_per_level": 20,
              "chains_per_observation": 64, "reference_size": 64, "t_total": 0.2, "step_size": 1e-2,
              "null_repeats": 2, "blur_repeats": 2, "score_error_samples": 64, "cue_hidden": 16,
              "cue_reliabilities": (4.0,), "cue_pairs": 2, "cue_chains": 64, "cue_t_total": 0.2, "cue_step_fraction": 0.2,
-             "switch_chains": 64, "switch_t_before": 0.2, "switch_t_after": 0.2, "switch_save_every": 5,
+             "switch_chains": 64, "switch_step_size": 1e-2, "switch_t_before": 0.2, "switch_t_after": 0.2, "switch_save_every": 5,
              "figure_formats": ("png",), "figure_dpi": 50},
 }
 
@@ -218,7 +219,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
     # --- part 3: re-equilibration after a stimulus switch ----------------------------------------
     ya, yb = config["switch_from"], config["switch_to"]
     n = config["switch_chains"]
-    h = config["step_size"]
+    h = config["switch_step_size"]
     before = int(round(config["switch_t_before"] / h))
     after = int(round(config["switch_t_after"] / h))
     total = before + after
