@@ -46,7 +46,7 @@ NAME = "posterior"
 _QUICK = dict(
     separation=1.5, spread=0.5, h=(1.0, 0.5), noise_std=0.7,
     observations=(-2.0, -0.5, 0.0, 0.5, 2.0),
-    hidden=1000, activation="relu", steps_per_level=2000,
+    hidden=1000, activation="relu", steps_per_level=6000, cue_steps_per_level=2000,
     chains_per_observation=2000, reference_size=2000, t_total=10.0, step_size=2.5e-3,
     null_repeats=8, blur_repeats=4, score_error_samples=2000,
     cue_reliability=4.0, cue_reliabilities=(1.0, 4.0, 16.0), cue_hidden=200, cue_pairs=5,
@@ -60,10 +60,10 @@ _QUICK = dict(
 #: The named settings (see the module docstring).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": _QUICK,
-    "full": {**_QUICK, "cue_hidden": 500, "steps_per_level": 4000,
+    "full": {**_QUICK, "cue_hidden": 500, "steps_per_level": 12000, "cue_steps_per_level": 4000,
              "chains_per_observation": 5000, "reference_size": 5000, "t_total": 20.0,
              "cue_chains": 5000, "switch_chains": 5000},
-    "tiny": {**_QUICK, "observations": (-1.0, 0.0, 1.0), "hidden": 32, "steps_per_level": 20,
+    "tiny": {**_QUICK, "observations": (-1.0, 0.0, 1.0), "hidden": 32, "steps_per_level": 20, "cue_steps_per_level": 20,
              "chains_per_observation": 64, "reference_size": 64, "t_total": 0.2, "step_size": 1e-2,
              "null_repeats": 2, "blur_repeats": 2, "score_error_samples": 64, "cue_hidden": 16,
              "cue_reliabilities": (4.0,), "cue_pairs": 2, "cue_chains": 64, "cue_t_total": 0.2, "cue_step_fraction": 0.2,
@@ -104,10 +104,11 @@ def _mmd(a, b, bandwidth) -> float:
     return float(metrics.mmd(np.asarray(a, np.float32), np.asarray(b, np.float32), bandwidth=bandwidth))
 
 
-def _fit(family, target, config, key, hidden=None, progress=None):
+def _fit(family, target, config, key, hidden=None, steps=None, progress=None):
+    """`fit` with its defaults on joint draws of ``target`` (``steps`` per level)."""
     k_init, k_fit = jax.random.split(key)
     model = make_model(family, target.dim, target.cond_dim, config, k_init, hidden)
-    return fit(model, target, steps_per_level=config["steps_per_level"], key=k_fit, progress=progress)
+    return fit(model, target, steps_per_level=steps or config["steps_per_level"], key=k_fit, progress=progress)
 
 
 def _relaxation_time(times, means, new_mean, fraction) -> float | None:
@@ -197,7 +198,8 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
     for i, r2 in enumerate(config["cue_reliabilities"]):
         cue = post.cue_combination([1.0 / r1, 1.0 / r2])
         with watch("train cue RSN"):
-            net, _ = _fit("RSN", cue, config, jax.random.fold_in(k_cue, i), hidden=config["cue_hidden"], progress=progress)
+            net, _ = _fit("RSN", cue, config, jax.random.fold_in(k_cue, i), hidden=config["cue_hidden"],
+                          steps=config["cue_steps_per_level"], progress=progress)
         v = float(cue.posterior_covariances()[0, 0, 0])
         _, pairs = cue.sample(jax.random.fold_in(k_cue, 100 + i), config["cue_pairs"])
         n = config["cue_chains"]
