@@ -8,7 +8,7 @@ Three parts, each written to ``table.md``, ``metrics.json`` and figures:
    per chain, all observations in one run). The chains start at prior draws (the circuit's
    state before the stimulus) and run for ``t_total``. For each observation: MMD² of the final
    readouts to exact posterior draws against the null floor (mean + 2 sd of MMD² between two
-   exact sets) and the blur bias (exact draws blurred by N(0, σ_min²)); the goal is
+   exact sets of the same sizes, ``null_repeats`` = 20 pairs) and the blur bias (exact draws blurred by N(0, σ_min²)); the goal is
    MMD² ≤ 3·max(floor, blur) with zero escaped chains (as `benchmarks/quality.py`); the
    right-mode weight against the exact one; the posterior score error (mean squared error to
    the σ_min-blurred posterior score over exact posterior draws). Figure ``posterior_samples``.
@@ -48,7 +48,7 @@ _QUICK = dict(
     observations=(-2.0, -0.5, 0.0, 0.5, 2.0),
     hidden=1000, activation="relu", steps_per_level=6000, cue_steps_per_level=2000,
     chains_per_observation=2000, reference_size=2000, t_total=10.0, step_size=2.5e-3,
-    null_repeats=8, blur_repeats=4, score_error_samples=2000,
+    null_repeats=20, blur_repeats=4, score_error_samples=2000,
     cue_reliability=4.0, cue_reliabilities=(1.0, 4.0, 16.0), cue_hidden=200, cue_pairs=5,
     cue_chains=2000, cue_t_total=3.0, cue_step_fraction=0.02,
     switch_from=-2.0, switch_to=2.0, switch_chains=2000, switch_step_size=5e-3, switch_t_before=5.0,
