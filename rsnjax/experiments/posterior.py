@@ -46,7 +46,7 @@ NAME = "posterior"
 _QUICK = dict(
     separation=1.5, spread=0.5, h=(1.0, 0.5), noise_std=0.7,
     observations=(-2.0, -0.5, 0.0, 0.5, 2.0),
-    hidden=1000, activation="relu", steps_per_level=6000, cue_steps_per_level=2000,
+    hidden=1000, activation="relu", steps_per_level=12000, cue_steps_per_level=2000,
     chains_per_observation=2000, reference_size=2000, t_total=10.0, step_size=2.5e-3,
     null_repeats=20, blur_repeats=4, score_error_samples=2000,
     cue_reliability=4.0, cue_reliabilities=(1.0, 4.0, 16.0), cue_hidden=200, cue_pairs=5,
@@ -60,7 +60,7 @@ _QUICK = dict(
 #: The named settings (see the module docstring).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": _QUICK,
-    "full": {**_QUICK, "cue_hidden": 500, "steps_per_level": 12000, "cue_steps_per_level": 4000,
+    "full": {**_QUICK, "cue_hidden": 500, "steps_per_level": 24000, "cue_steps_per_level": 4000,
              "chains_per_observation": 5000, "reference_size": 5000, "t_total": 20.0,
              "cue_chains": 5000, "switch_chains": 5000},
     "tiny": {**_QUICK, "observations": (-1.0, 0.0, 1.0), "hidden": 32, "steps_per_level": 20, "cue_steps_per_level": 20,
