@@ -5,8 +5,10 @@ The data flows one way: target or data → `fit` → score model → circuit →
 
 from ._version import __version__
 
-from . import checkpoint, metrics, targets
+from . import checkpoint, metrics, posterior, targets
 from .checkpoint import CheckpointError, load, save
+from .conditional import (ConditionalSamplerOnly, ConditionalScoreNetwork, conditional_dsm_loss_with_noise,
+                          conditional_dsm_value_and_grad)
 from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
 from .extent import DataExtent, data_extent
 from .interop import (CircuitInfo, CircuitState, LogDensityTarget, SamplingAlgorithm, as_blackjax,
@@ -21,10 +23,13 @@ from .training import History, TrainingDivergedError, cosine_optimizer, default_
 __all__ = [
     "__version__",
     "targets",
+    "posterior",
     "metrics",
     "checkpoint",
     "ScoreNetwork",
     "SamplerOnly",
+    "ConditionalScoreNetwork",
+    "ConditionalSamplerOnly",
     "ACTIVATIONS",
     "ReservoirSampler",
     "RankDeficientReadoutError",
@@ -40,6 +45,8 @@ __all__ = [
     "dsm_loss",
     "dsm_loss_with_noise",
     "dsm_value_and_grad",
+    "conditional_dsm_loss_with_noise",
+    "conditional_dsm_value_and_grad",
     "sample",
     "stable_step_size",
     "SampleResult",

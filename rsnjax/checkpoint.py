@@ -70,15 +70,26 @@ def model_spec(model: Any) -> dict:
 
     **Arguments:**
 
-    - `model`: a `ScoreNetwork`, `SamplerOnly` or `ReservoirSampler`.
+    - `model`: a `ScoreNetwork`, `SamplerOnly`, `ReservoirSampler`, `ConditionalScoreNetwork`
+      or `ConditionalSamplerOnly`.
 
     **Returns:** a JSON-serialisable dict with ``"class"`` and the constructor's hyperparameters.
 
     **Raises:** `TypeError` for any other object.
     """
+    from .conditional import ConditionalSamplerOnly, ConditionalScoreNetwork
     from .networks import SamplerOnly, ScoreNetwork
     from .reservoir import ReservoirSampler
 
+    if isinstance(model, ConditionalScoreNetwork):
+        return {"class": "ConditionalScoreNetwork", "dim": model.dim, "cond_dim": model.cond_dim,
+                "hidden": model.hidden, "activation": model.activation}
+    if isinstance(model, ConditionalSamplerOnly):
+        return {"class": "ConditionalSamplerOnly", "dim": model.dim, "cond_dim": model.cond_dim,
+                "dynamics": model.dynamics, "activation": model.activation}
+    if isinstance(model, ReservoirSampler) and model.cond_dim is not None:
+        return {"class": "ReservoirSampler", "dim": model.dim, "hidden": model.hidden,
+                "activation": model.activation, "tau": model.tau, "cond_dim": model.cond_dim}
     if isinstance(model, ScoreNetwork):
         return {"class": "ScoreNetwork", "dim": model.dim, "hidden": model.hidden,
                 "activation": model.activation}
@@ -89,7 +100,8 @@ def model_spec(model: Any) -> dict:
         return {"class": "ReservoirSampler", "dim": model.dim, "hidden": model.hidden,
                 "activation": model.activation, "tau": model.tau}
     raise TypeError(
-        f"`model` must be a ScoreNetwork, SamplerOnly or ReservoirSampler, got {type(model).__name__}"
+        "`model` must be a ScoreNetwork, SamplerOnly, ReservoirSampler, ConditionalScoreNetwork or "
+        f"ConditionalSamplerOnly, got {type(model).__name__}"
     )
 
 
@@ -103,6 +115,7 @@ def model_from_spec(spec: dict, dtype) -> Any:
 
     **Returns:** a model to be used as a template for `equinox.tree_deserialise_leaves`.
     """
+    from .conditional import ConditionalSamplerOnly, ConditionalScoreNetwork
     from .networks import SamplerOnly, ScoreNetwork
     from .reservoir import ReservoirSampler
 
@@ -116,8 +129,14 @@ def model_from_spec(spec: dict, dtype) -> Any:
         model = SamplerOnly(spec["dim"], dynamics=spec["dynamics"], activation=spec["activation"],
                             key=key)
     elif cls == "ReservoirSampler":
-        model = ReservoirSampler.placeholder(spec["dim"], spec["hidden"],
-                                             activation=spec["activation"], tau=spec["tau"])
+        model = ReservoirSampler.placeholder(spec["dim"], spec["hidden"], activation=spec["activation"],
+                                             tau=spec["tau"], cond_dim=spec.get("cond_dim"))
+    elif cls == "ConditionalScoreNetwork":
+        model = ConditionalScoreNetwork(spec["dim"], spec["cond_dim"], spec["hidden"],
+                                        activation=spec["activation"], key=key)
+    elif cls == "ConditionalSamplerOnly":
+        model = ConditionalSamplerOnly(spec["dim"], spec["cond_dim"], dynamics=spec["dynamics"],
+                                       activation=spec["activation"], key=key)
     else:
         raise ValueError(f"unknown model class {cls!r}")
     return jax.tree_util.tree_map(

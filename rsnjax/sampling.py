@@ -189,6 +189,9 @@ def as_sde(model: Any, *, tau: float | None = None, skew=None, dim: int | None =
     """
     if isinstance(model, CircuitSDE):
         return model
+    if isinstance(getattr(model, "cond_dim", None), int):
+        raise ValueError(f"`model` ({type(model).__name__}) is conditional: it needs an input c "
+                         "(`sample(model, inputs=c, ...)`)")
     if getattr(model, "extent", None) is not None:
         # the SDE does not use the data's extent: keeping it out of the static part lets models
         # of the same structure share a compiled program (`sample` reads the extent itself)
@@ -388,6 +391,8 @@ def sample(
     extent=None,
     escape_factor: float | None = None,
     warn: bool = True,
+    inputs=None,
+    switch_steps=None,
 ) -> SampleResult:
     """Simulate many chains of a circuit with Euler–Maruyama and return readout samples.
 
@@ -428,10 +433,23 @@ def sample(
     - `warn`: issue a `SamplingWarning` when chains escaped or became non-finite (flagged), or
       when R̂ of the saved trajectory exceeds `RHAT_WARNING` = 1.01. R̂ is only meaningful
       when the chains started over-dispersed (the default `init`).
+    - `inputs`: the input c that drives a conditional model (a `ReservoirSampler` with input
+      weights, a `ConditionalScoreNetwork`, a `ConditionalSamplerOnly`, a conditional target
+      with ``.score(x, c)``, or a function ``(x, c) -> score``): ``(cond_dim,)`` for all chains
+      or ``(num_chains, cond_dim)``, one per chain; with `switch_steps`, one per segment:
+      ``(num_segments, cond_dim)`` or ``(num_segments, num_chains, cond_dim)``.
+    - `switch_steps`: for a stimulus that changes during the run: the ``num_segments − 1``
+      strictly increasing step counts at which segments 1, 2, ... start; step t (counted from 0
+      over the whole run, burn-in included) uses segment k = #{switch_steps ≤ t}.
 
     **Returns:** a `SampleResult`: ``samples`` ``(num_chains, d)``, ``trajectory``
     ``(num_saved, num_chains, d)`` or None, the escape mask and R̂, ...
     """
+    if inputs is not None or switch_steps is not None:  # a conditional model driven by inputs
+        settings = {k: v for k, v in locals().items() if k not in ("model", "inputs", "switch_steps")}
+        from ._driven import sample_with_inputs
+
+        return sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)
     key = check_key(key)
     num_chains = check_int(num_chains, "num_chains")
     num_steps = check_int(num_steps, "num_steps")

@@ -30,6 +30,7 @@ import optax
 
 from . import checkpoint as ckpt
 from ._validation import check_array, check_int, check_key, check_positive
+from .conditional import check_pairs, conditional_dsm_value_and_grad, conditional_penalty_grad, is_conditional
 from .dsm import SMALL_DIM, _score_network_backward, _score_network_forward, default_sigmas, dsm_value_and_grad
 from .extent import DataExtent, data_extent, with_extent
 from .networks import ScoreNetwork
@@ -77,12 +78,19 @@ class TrainingDivergedError(FloatingPointError):
 _EXTENT_SALT = 0x5E7E
 
 
-def _extent_points(data_array, draw, key) -> np.ndarray:
+def _extent_points(data_array, draw, key, conditional: bool = False) -> np.ndarray:
     """The points `fit` measures the data's extent and default schedule on: the array (up to
-    100 000 rows), or `EXTENT_DRAWS` fresh draws ``draw(key, num)`` of a target or data callable."""
+    100 000 rows), or `EXTENT_DRAWS` fresh draws ``draw(key, num)`` of a target or data callable
+    (the x part of the pairs ``(x, c)`` a conditional model trains on)."""
     if data_array is not None:
         return np.asarray(data_array[:100_000], dtype=np.float64)
-    points = np.asarray(draw(key, EXTENT_DRAWS), dtype=np.float64)
+    points = draw(key, EXTENT_DRAWS)
+    if conditional:
+        if not isinstance(points, (tuple, list)) or len(points) != 2:
+            raise ValueError("`data` must draw pairs (x, c) for a conditional model, got "
+                             f"{type(points).__name__}")
+        points = points[0]
+    points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or not np.all(np.isfinite(points)):
         raise ValueError(f"`data` drew points of shape {points.shape} with non-finite values; "
                          "it must return finite (num, d) arrays")
@@ -201,19 +209,25 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         step, batch_idx = xs
         k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
         if from_array:
-            batch = data_in[batch_idx]
-        elif draw is None:  # a target, its arrays passed in as `source`
-            batch = jnp.asarray(eqx.combine(source, source_static).sample(k_data, batch_size), dtype)
-        else:
-            batch = jnp.asarray(draw(k_data, batch_size), dtype)
+            batch = jax.tree_util.tree_map(lambda a: a[batch_idx], data_in)
+        else:  # a target (its arrays passed in as `source`) or a data callable
+            drawn = eqx.combine(source, source_static).sample(k_data, batch_size) if draw is None \
+                else draw(k_data, batch_size)
+            batch = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), drawn)
+        batch, cond = tuple(batch) if isinstance(batch, (tuple, list)) else (batch, None)  # pairs (x, c)
         if antithetic:  # pairs (x, +ε), (x, −ε): the O(1/σ) part of the target's noise cancels
             eps = jax.random.normal(k_noise, (half, batch.shape[1]), dtype)
             noise = jnp.concatenate([eps, -eps])[:batch_size]
             batch = jnp.concatenate([batch[:half], batch[:half]])[:batch_size]
+            if cond is not None:
+                cond = jnp.concatenate([cond[:half], cond[:half]])[:batch_size]
         else:
             noise = jax.random.normal(k_noise, batch.shape, dtype)
         model = eqx.combine(p, static)
-        loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
+        if cond is None:
+            loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
+        else:
+            loss, grads = conditional_dsm_value_and_grad(model, batch, cond, noise, sigma)
         if confine is not None:
             mean, chol, radius = far
             k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
@@ -221,7 +235,11 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
             rho = radius * jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
             points = mean + _times_transpose(rho * u, chol)
-            pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
+            if cond is None:
+                pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
+            else:  # each far point paired with an input of the batch
+                pen_grads = conditional_penalty_grad(model, points, cond[jnp.arange(num_far) % cond.shape[0]],
+                                                     _times_transpose(u, chol), _CONFINE_MARGIN)
             weight = confine / sigma**2
             grads = jax.tree_util.tree_map(lambda g, h: g + (weight * h).astype(g.dtype), grads, pen_grads)
         updates, opt_state = tx.update(grads, opt_state, p)
@@ -322,10 +340,15 @@ def fit(
     **Arguments:**
 
     - `model`: a `ScoreNetwork`, `SamplerOnly` or any equinox module mapping ``(batch, d)`` to
-      ``(batch, d)``.
+      ``(batch, d)``; or a conditional model (`ConditionalScoreNetwork`,
+      `ConditionalSamplerOnly`, any module with an integer ``cond_dim`` mapping ``(x, c)`` to a
+      score), trained by conditional DSM on pairs (the noise blurs x only).
     - `data`: an array ``(num, d)`` (shuffled epochs, the last incomplete batch dropped), a
       JAX-traceable callable ``(key, batch_size) -> (batch_size, d)``, or a target with
-      ``sample(key, num)`` (fresh draws every step, as in the paper).
+      ``sample(key, num)`` (fresh draws every step, as in the paper). For a conditional model:
+      a pair ``(x, c)`` of arrays ``(num, d)`` and ``(num, cond_dim)``, or a callable or target
+      that draws such pairs. The default schedule and the extent are those of the x part; the
+      confinement's far-field points are paired with the batch's inputs c.
     - `sigmas`: the noise levels, e.g. `geometric_sigmas(...)`; all > 0, used in the given order.
       Default: `rsnjax.default_sigmas` of the data (σ_max = the largest pairwise distance,
       σ_min = the data's finest scale, 10 or more geometric levels).
@@ -407,6 +430,8 @@ def fit(
     if confine is not None:
         confine = check_positive(confine, "confine", allow_zero=True) or None
     dim = _model_dim(model)
+    conditional = is_conditional(model)
+    data_cond = None
 
     # --- the data source -------------------------------------------------------------------
     data_array = None
@@ -424,6 +449,11 @@ def fit(
     elif callable(data) and not isinstance(data, (np.ndarray, jax.Array)):
         source, source_static, draw = None, None, data
         kind = "callable"
+    elif conditional:  # pairs (x, c)
+        data_array, data_cond = check_pairs(data, dim, model.cond_dim, batch_size)
+        source, source_static, draw = None, None, None
+        kind = (f"pairs:{tuple(data_array.shape)}:{tuple(data_cond.shape)}:"
+                f"{_array_fingerprint((data_array, data_cond))}")
     else:
         data_array = check_array(data, "data", ndim=2, dim=dim, min_rows=batch_size)
         source, source_static, draw = None, None, None
@@ -442,7 +472,7 @@ def fit(
 
     # --- the data's extent (recorded on the model; the default schedule and the far field) ----
     extent_points = _extent_points(data_array, target.sample if _is_target(data) else data,
-                                   jax.random.fold_in(key, _EXTENT_SALT))
+                                   jax.random.fold_in(key, _EXTENT_SALT), conditional)
     extent = data_extent(extent_points)
     if sigmas is None:
         sigmas = default_sigmas(extent_points)
@@ -584,6 +614,8 @@ def fit(
     chunks_run = 0
     since_ckpt = 0
     data_in = data_array if data_array is not None else jnp.zeros((0,), dtype)
+    if data_cond is not None:
+        data_in = (data_array, data_cond)
     try:
         for level in range(start_level, num_levels):
             sigma = jnp.asarray(sigmas[level], dtype)

@@ -135,3 +135,18 @@ def test_double_peak_rsn_is_bimodal_and_so_sc_is_not():
     assert dip < 0.6, dip
     _, so_dip = out["SO-SC"]
     assert so_dip > 0.9, so_dip  # unimodal: no dip between the modes
+
+
+@pytest.mark.slow
+def test_posterior_tiny(tmp_path):
+    out = tmp_path / "post"
+    result = ex.run("posterior", preset="tiny", out_dir=out)
+    numbers = _check_outputs(result, out, ["posterior_samples", "switch"])
+    config = ex.PRESETS["posterior"]["tiny"]
+    assert len(numbers["observations"]) == len(config["observations"])
+    for family in ("SO-SC", "SO-FR", "RSN"):
+        per = numbers["models"][family]["per_observation"]
+        assert len(per) == len(config["observations"]) and all(o["mmd2"] is not None for o in per)
+    assert [c["reliability_2"] for c in numbers["cue_combination"]] == list(config["cue_reliabilities"])
+    assert set(numbers["switch"]["families"]) == {"exact", "SO-SC", "SO-FR", "RSN"}
+    assert "Cue combination" in result["table"]

@@ -7,8 +7,10 @@ and library versions) and PNG + PDF figures.
     >>> import rsnjax.experiments as ex
     >>> results = ex.run("double-peak", preset="quick")      # → results/double-peak-quick/
 
-Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``. Presets: ``"paper"`` (docs/SCIENCE.md §4–§5),
-``"quick"`` (about a minute on 2 CPU cores), ``"tiny"`` (seconds, for tests). `PRESETS` holds the
+Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``, ``"posterior"`` (conditional circuits
+sampling posteriors; not in the paper). Presets: ``"paper"`` (docs/SCIENCE.md §4–§5; ``"full"`` for
+``"posterior"``), ``"quick"`` (about a minute on 2 CPU cores, a few for ``"posterior"``),
+``"tiny"`` (seconds, for tests). `PRESETS` holds the
 settings of each; the docstring of each module says what its presets change.
 """
 
@@ -22,13 +24,13 @@ from typing import Any
 
 import jax
 
-from . import double_peak, laplace_x, mnist
+from . import double_peak, laplace_x, mnist, posterior
 from ._common import enable_compilation_cache, prepare_out_dir, to_jsonable, versions
 
 __all__ = ["run", "PRESETS", "EXPERIMENTS"]
 
 #: name → module with ``PRESETS`` and ``run(config, out_dir, *, key, progress, data_dir)``.
-EXPERIMENTS = {"double-peak": double_peak, "laplace-x": laplace_x, "mnist": mnist}
+EXPERIMENTS = {"double-peak": double_peak, "laplace-x": laplace_x, "mnist": mnist, "posterior": posterior}
 
 #: name → preset name → settings dict.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {name: mod.PRESETS for name, mod in EXPERIMENTS.items()}
@@ -49,8 +51,8 @@ def run(
 
     **Arguments:**
 
-    - `name`: ``"double-peak"``, ``"laplace-x"`` or ``"mnist"``.
-    - `preset`: ``"paper"``, ``"quick"`` or ``"tiny"`` (see `PRESETS`).
+    - `name`: ``"double-peak"``, ``"laplace-x"``, ``"mnist"`` or ``"posterior"``.
+    - `preset`: ``"paper"`` (``"full"`` for ``"posterior"``), ``"quick"`` or ``"tiny"`` (see `PRESETS`).
     - `out_dir`: where to write. Default ``results/<name>-<preset>/`` (a fresh ``-2``, ``-3``, ...
       directory when that one already holds files). An explicit directory that holds files needs
       `overwrite`.
