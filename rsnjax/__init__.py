@@ -5,7 +5,7 @@ The data flows one way: target or data → `fit` → score model → circuit →
 
 __version__ = "0.1.0"
 
-from . import checkpoint, metrics, targets
+from . import activity, checkpoint, metrics, targets
 from .checkpoint import CheckpointError, load, save
 from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
 from .extent import DataExtent, data_extent
@@ -19,6 +19,7 @@ from .training import History, TrainingDivergedError, default_optimizer, fit
 __all__ = [
     "__version__",
     "targets",
+    "activity",
     "metrics",
     "checkpoint",
     "ScoreNetwork",
