@@ -125,3 +125,19 @@ def test_double_peak_rsn_is_bimodal_and_so_sc_is_not():
     assert dip < 0.6, dip
     _, so_dip = out["SO-SC"]
     assert so_dip > 0.9, so_dip  # unimodal: no dip between the modes
+
+
+def test_neural_variability_tiny(tmp_path):
+    out = tmp_path / "nv"
+    result = ex.run("neural-variability", preset="tiny", out_dir=out)
+    numbers = _check_outputs(result, out, ["traces", "fano", "noise_correlations", "autocorrelation"])
+    config = ex.PRESETS["neural-variability"]["tiny"]
+    plain, private = numbers["models"]["RSN"], numbers["models"]["RSN + private noise"]
+    assert "| RSN + private noise |" in result["table"]
+    # the private noise leaves the readout bit-identical and spreads the activity over more dimensions
+    assert private["readout_bit_identical"] is True and private["readout_w1"] == plain["readout_w1"]
+    assert private["participation_ratio"] > plain["participation_ratio"]
+    assert plain["num_neurons"] == config["record_neurons"] and numbers["models"]["SO-FR"]["num_neurons"] == 2
+    for m in numbers["models"].values():
+        assert m["fano_median"] >= 1.0  # Poisson spikes: 1 + Var(Λ)/E(Λ)
+        assert len(m["autocorrelation_median"]) == config["max_lag"] + 1

@@ -7,7 +7,8 @@ and library versions) and PNG + PDF figures.
     >>> import rsnjax.experiments as ex
     >>> results = ex.run("double-peak", preset="quick")      # → results/double-peak-quick/
 
-Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``. Presets: ``"paper"`` (PAPER.md §4–§5),
+Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``, ``"neural-variability"`` (recorded
+neural activity; no paper figure). Presets: ``"paper"`` (PAPER.md §4–§5),
 ``"quick"`` (about a minute on 2 CPU cores), ``"tiny"`` (seconds, for tests). `PRESETS` holds the
 settings of each; the docstring of each module says what its presets change.
 """
@@ -22,13 +23,14 @@ from typing import Any
 
 import jax
 
-from . import double_peak, laplace_x, mnist
+from . import double_peak, laplace_x, mnist, neural_variability
 from ._common import enable_compilation_cache, prepare_out_dir, to_jsonable, versions
 
 __all__ = ["run", "PRESETS", "EXPERIMENTS"]
 
 #: name → module with ``PRESETS`` and ``run(config, out_dir, *, key, progress, data_dir)``.
-EXPERIMENTS = {"double-peak": double_peak, "laplace-x": laplace_x, "mnist": mnist}
+EXPERIMENTS = {"double-peak": double_peak, "laplace-x": laplace_x, "mnist": mnist,
+               "neural-variability": neural_variability}
 
 #: name → preset name → settings dict.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {name: mod.PRESETS for name, mod in EXPERIMENTS.items()}
@@ -49,7 +51,7 @@ def run(
 
     **Arguments:**
 
-    - `name`: ``"double-peak"``, ``"laplace-x"`` or ``"mnist"``.
+    - `name`: ``"double-peak"``, ``"laplace-x"``, ``"mnist"`` or ``"neural-variability"``.
     - `preset`: ``"paper"``, ``"quick"`` or ``"tiny"`` (see `PRESETS`).
     - `out_dir`: where to write. Default ``results/<name>-<preset>/`` (a fresh ``-2``, ``-3``, ...
       directory when that one already holds files). An explicit directory that holds files needs
