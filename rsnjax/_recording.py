@@ -15,7 +15,10 @@ M = ⌈R / G⌉ slots of the chosen neurons. The recording therefore stores
     G · M · num_records · K · itemsize  ≤  (R + G − 1) · num_records · K · itemsize
 
 bytes (R recorded chains, K recorded neurons, K doubled with ``record_rates``), never the full
-(num_chains, N) state trajectory; `recording_bytes` computes the bound.
+(num_chains, N) state trajectory; `recording_bytes` computes the bound. The process's peak memory
+grows by about 3.5 times that (the blocks' scan outputs, their stack and the gathered result
+coexist briefly) plus some tens of MB for the compiled program: `benchmarks/recording_memory.py`
+measures it (e.g. +325 MiB for a 98 MiB recording, against 781 MiB for the full trajectory).
 
 Private noise (``private_noise = s``, reservoirs only). The reservoir SDE gets a second noise
 term in the null space of W_out = A:
