@@ -76,7 +76,7 @@ _PAPER = dict(
     record_neurons=200,
     private_noise_rel=1.0,
     tau_ms=20.0,
-    rate_unit_hz=10.0,
+    rate_unit_hz=50.0,
     window_ms=50.0,
     max_lag=100,
     trace_neurons=5,
@@ -285,6 +285,7 @@ def _plot_traces(recorded, config, *, key):
             times = np.repeat(t, spikes[:, k])
             ax.vlines(times, k + 0.6, k + 1.4, lw=0.6, color="k")
         ax.set_xlabel("time (ms)")
+        ax.set_xlim(0, t[-1])
         ax.set_ylim(0.4, max(spikes.shape[1], 1) + 0.6)
         if j == 0:
             ax.set_ylabel("neuron (Poisson spikes)")
