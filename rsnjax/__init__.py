@@ -5,7 +5,7 @@ The data flows one way: target or data → `fit` → score model → circuit →
 
 from ._version import __version__
 
-from . import checkpoint, metrics, posterior, targets
+from . import activity, checkpoint, metrics, posterior, targets
 from .checkpoint import CheckpointError, load, save
 from .conditional import (ConditionalSamplerOnly, ConditionalScoreNetwork, conditional_dsm_loss_with_noise,
                           conditional_dsm_value_and_grad)
@@ -24,6 +24,7 @@ __all__ = [
     "__version__",
     "targets",
     "posterior",
+    "activity",
     "metrics",
     "checkpoint",
     "ScoreNetwork",

@@ -18,6 +18,7 @@ import math
 import time
 import types
 import warnings
+from functools import partial
 from typing import Any, Callable, Literal, NamedTuple
 
 import equinox as eqx
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from ._recording import RecordingSDE, plan_recording, simulate_block as simulate_recording
 from ._validation import check_array, check_int, check_key, check_positive
 from .extent import DEFAULT_ESCAPE_FACTOR, DataExtent, with_extent
 from .networks import SamplerOnly, ScoreNetwork
@@ -117,6 +119,11 @@ class SampleResult(NamedTuple):
       no extent (an untrained model, a target, a plain function).
     - ``rhat``: split-R̂ (`rsnjax.metrics.rhat`, the maximum over coordinates) of the saved
       trajectory, or None when fewer than 4 readouts were saved.
+    - ``activity``: ``(num_recorded_chains, num_records, num_recorded_neurons)`` the recorded
+      neurons' state (r for a reservoir, x for a sampler-only circuit) every `record_every` steps
+      after burn-in, chains and neurons in the order of `record_chains` and `record_neurons`;
+      None unless recording. ``rates``: the same shape, their rates φ(W_rec r + I) (φ(W x + b) for
+      SO-FR, φ(x) for SO-SC), or None unless ``record_rates=True``.
     """
 
     samples: jax.Array
@@ -127,6 +134,8 @@ class SampleResult(NamedTuple):
     compile_time: float
     escaped: np.ndarray | None = None
     rhat: float | None = None
+    activity: jax.Array | None = None
+    rates: jax.Array | None = None
 
     @property
     def num_escaped(self) -> int | None:
@@ -393,6 +402,11 @@ def sample(
     warn: bool = True,
     inputs=None,
     switch_steps=None,
+    record_every: int | None = None,
+    record_neurons=None,
+    record_chains=None,
+    record_rates: bool = False,
+    private_noise: float | None = None,
 ) -> SampleResult:
     """Simulate many chains of a circuit with Euler–Maruyama and return readout samples.
 
@@ -441,12 +455,35 @@ def sample(
     - `switch_steps`: for a stimulus that changes during the run: the ``num_segments − 1``
       strictly increasing step counts at which segments 1, 2, ... start; step t (counted from 0
       over the whole run, burn-in included) uses segment k = #{switch_steps ≤ t}.
+    - `record_every`: record the circuit's neurons every this many steps after burn-in (must
+      divide `num_steps`, and divide or be a multiple of `save_every`); off by default. Needs a
+      `ReservoirSampler` (N neurons r) or a `SamplerOnly` circuit (d neurons x) and the scan backend.
+      Record i is the state after step ``burn_in + (i + 1)·record_every``, as trajectory entries are.
+    - `record_neurons`: 1-D integer indices of the neurons to record (default: all).
+    - `record_chains`: 1-D integer indices of the chains to record (default: all).
+    - `record_rates`: also record the neurons' rates (see ``SampleResult.rates``).
+    - `private_noise`: s ≥ 0, reservoirs only: give every reservoir neuron independent noise in
+      the null space of W_out, σ_r = √(2/τ)·[A⁺, s(I − A⁺A)] (stationary variance s²(1 − (A⁺A)ᵢᵢ)
+      per neuron), from its own random stream: the readouts are bit-identical with and without it
+      and only the recorded activity changes (it is simulated for the recorded neurons and chains).
+      Needs `record_every`.
+
+      Memory: the recording stores about ``(R + G)·num_records·K`` numbers (R recorded chains,
+      K neurons, ×2 with rates, G blocks of chains), never the whole state trajectory; see
+      `rsnjax._recording`.
 
     **Returns:** a `SampleResult`: ``samples`` ``(num_chains, d)``, ``trajectory``
-    ``(num_saved, num_chains, d)`` or None, the escape mask and R̂, ...
+    ``(num_saved, num_chains, d)`` or None, the escape mask and R̂, the recorded ``activity`` and
+    ``rates`` ``(num_recorded_chains, num_records, num_recorded_neurons)`` or None, ...
     """
     if inputs is not None or switch_steps is not None:  # a conditional model driven by inputs
-        settings = {k: v for k, v in locals().items() if k not in ("model", "inputs", "switch_steps")}
+        if record_every is not None or private_noise is not None:
+            raise ValueError("recording activity (`record_every`, `private_noise`) is not supported together "
+                             "with `inputs` yet: sample the circuit conditioned on a fixed input instead "
+                             "(`ConditionalScoreNetwork.conditioned(c)` mapped to a reservoir)")
+        recording = ("record_every", "record_neurons", "record_chains", "record_rates", "private_noise")
+        settings = {k: v for k, v in locals().items()
+                    if k not in ("model", "inputs", "switch_steps", "recording") + recording}
         from ._driven import sample_with_inputs
 
         return sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)
@@ -482,6 +519,11 @@ def sample(
         dtype = leaves[0].dtype if leaves else jnp.result_type(float)
     dtype = jnp.dtype(dtype)
     sde = jax.tree_util.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, sde)
+    recording = plan_recording(model, sde, record_every=record_every, record_neurons=record_neurons,
+                               record_chains=record_chains, record_rates=record_rates,
+                               private_noise=private_noise, num_chains=num_chains, num_steps=num_steps,
+                               save_every=save_every, backend=backend, return_state=return_state,
+                               itemsize=dtype.itemsize)
 
     devices = _local_devices(shard)
     ndev = len(devices)
@@ -501,6 +543,11 @@ def sample(
     if padded > num_chains:
         state0 = jnp.concatenate([state0, jnp.broadcast_to(state0[:1], (padded - num_chains, state0.shape[1]))])
     chain_ids = jnp.arange(padded, dtype=jnp.uint32)
+    num_blocks = padded // block
+    if recording is not None:  # recorded chains spread over the blocks (see rsnjax._recording)
+        sde = recording.wrap(sde, key, num_blocks, dtype)
+        order = recording.layout(padded, num_blocks)
+        state0, chain_ids = state0[order], jnp.asarray(order, jnp.uint32)
 
     num_saved = num_steps // save_every if save_every is not None else 0
     runner = _make_runner(sde, backend=backend, step_size=step_size, burn_in=burn_in,
@@ -509,6 +556,7 @@ def sample(
     if ndev > 1:
         mesh = Mesh(np.array(devices), ("chains",))
         out_specs = (P("chains"), P(None, "chains") if num_saved else P(), P("chains"), P("chains"))
+        out_specs += (P("chains"),) if recording is not None else ()
         per_device_runner = runner
         sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
         sharded = jax.shard_map(
@@ -533,8 +581,16 @@ def sample(
         _COMPILED[cache_key] = _COMPILED.pop(cache_key)
     compile_time = time.perf_counter() - t0
     t0 = time.perf_counter()
-    samples, traj, final, bad = jax.block_until_ready(compiled(sde_arrays, state0, chain_ids, k_chains))
+    outputs = jax.block_until_ready(compiled(sde_arrays, state0, chain_ids, k_chains))
     wall = time.perf_counter() - t0
+    samples, traj, final, bad = outputs[:4]
+    activity = rates = None
+    if recording is not None:
+        activity, rates = recording.gather(outputs[4], num_blocks)
+        inverse = np.argsort(order)
+        samples, bad = samples[inverse], bad[inverse]
+        traj = traj[:, inverse] if num_saved else traj
+        final = final[inverse] if return_state else final
 
     samples = samples[:num_chains]
     bad = bad[:num_chains]
@@ -548,7 +604,7 @@ def sample(
         finite = np.isfinite(np.asarray(traj)).all(axis=(0, 2))
         if finite.sum() >= 2:
             rhat = float(_rhat(traj[:, np.flatnonzero(finite)]))
-    result = SampleResult(samples, traj, final, bad, wall, compile_time, escaped, rhat)
+    result = SampleResult(samples, traj, final, bad, wall, compile_time, escaped, rhat, activity, rates)
     bad_np = np.asarray(bad)
     if on_nonfinite == "raise" and np.any(bad_np >= 0):
         chains = np.flatnonzero(bad_np >= 0)
@@ -649,18 +705,21 @@ def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, blo
         return (state, bad), traj, sde.readout(state)
 
     simulate = em_block if backend == "scan" else diffrax_block
+    if isinstance(sde, RecordingSDE):
+        simulate = partial(simulate_recording, step_size=step_size, burn_in=burn_in, num_steps=num_steps,
+                           save_every=save_every, unroll=unroll, dtype=dtype)
 
     def runner(sde, state0, ids, root):
         n = state0.shape[0] // block
         blocks = (state0.reshape(n, block, -1), ids.reshape(n, block))
 
         def one(args):
-            (state, bad), traj, x = simulate(sde, args[0], args[1], root)
+            (state, bad), traj, x, *records = simulate(sde, args[0], args[1], root)
             last = jnp.uint32(burn_in + num_steps)
             bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(x), axis=-1), last.astype(jnp.int32), bad)
-            return x, traj, (state if return_state else jnp.zeros((block, 0), dtype)), bad
+            return x, traj, (state if return_state else jnp.zeros((block, 0), dtype)), bad, *records
 
-        x, traj, final, bad = jax.lax.map(one, blocks)
+        x, traj, final, bad, *records = jax.lax.map(one, blocks)
         x = x.reshape(n * block, x.shape[-1])
         final = final.reshape(n * block, final.shape[-1])
         bad = bad.reshape(n * block)
@@ -668,6 +727,6 @@ def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, blo
             traj = jnp.moveaxis(traj, 0, 1).reshape(num_saved, n * block, -1)
         else:
             traj = jnp.zeros((0,), dtype)
-        return x, traj, final, bad
+        return (x, traj, final, bad, *records)
 
     return runner

@@ -193,3 +193,19 @@ def test_mnist_tiny_whole_path_from_idx_files(tmp_path):
                 assert 0.0 <= m["judge"]["confident_fraction"] <= 1.0
                 assert abs(sum(m["judge"]["class_histogram"]) - 1.0) < 1e-9
     assert "Judged by an independent classifier" in (out / "table.md").read_text()
+
+
+def test_neural_variability_tiny(tmp_path):
+    out = tmp_path / "nv"
+    result = ex.run("neural-variability", preset="tiny", out_dir=out)
+    numbers = _check_outputs(result, out, ["traces", "fano", "noise_correlations", "autocorrelation"])
+    config = ex.PRESETS["neural-variability"]["tiny"]
+    plain, private = numbers["models"]["RSN"], numbers["models"]["RSN + private noise"]
+    assert "| RSN + private noise |" in result["table"]
+    # the private noise leaves the readout bit-identical and spreads the activity over more dimensions
+    assert private["readout_bit_identical"] is True and private["readout_w1"] == plain["readout_w1"]
+    assert private["participation_ratio"] > plain["participation_ratio"]
+    assert plain["num_neurons"] == config["record_neurons"] and numbers["models"]["SO-FR"]["num_neurons"] == 2
+    for m in numbers["models"].values():
+        assert m["fano_median"] >= 1.0  # Poisson spikes: 1 + Var(Λ)/E(Λ)
+        assert len(m["autocorrelation_median"]) == config["max_lag"] + 1
