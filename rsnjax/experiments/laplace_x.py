@@ -319,7 +319,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
             with watch(f"sample {who} {mode} from accel_start"):
                 res = sample(circuit, key=jax.random.fold_in(k_sample, 77), num_chains=n,
                              num_steps=config["accel_num_steps"], step_size=config["long_step_size"],
-                             initial_state=x0, save_every=every, skew=s_, on_nonfinite="flag")
+                             initial_state=x0, save_every=every, skew=s_, on_nonfinite="flag", warn=False)
             c = marginal_w1_curve(res.trajectory, reference)
             kept, escaped = _kept(res.samples)
             acceleration[f"{who}, {mode}"] = {
