@@ -61,23 +61,25 @@ _PAPER = dict(
     figure_dpi=110,
 )
 
-#: The settings that make digits on 2 CPU cores (``quick``): PCA to 30 dims *whitened* (every
+#: The settings that make digits on 2 CPU cores (``quick``): PCA to 50 dims *whitened* (every
 #: coordinate unit variance, so the leak −x of s(x) = −x + Aφ(Bx + b) matches the data's scale
-#: in every direction), N = 5000, `fit`'s remedies (parameter average, antithetic noise,
-#: confinement; constant Adam 1e-3), σ_max derived from the data, σ_min = 0.2 in whitened units
-#: (the data-derived σ_min, the 10th-neighbour distance, is ≈ 4.7 in 30 dims and blurs every digit
-#: away), 1500 steps per level; 1000 chains from r₀ ~ N(0, I) in every unit, t = 5 at dt = 2e-3.
-_QUICK = {**_PAPER, "require_mnist": False, "pca_dim": 30, "digits_pca_dim": 30, "whiten": True, "hidden": 5000,
+#: in every direction; 50 because a PCA-30 reconstruction of real images is already 6.6× the
+#: Fréchet floor), N = 5000, `fit`'s remedies (parameter average, antithetic noise, confinement;
+#: constant Adam 1e-3), σ_max derived from the data, σ_min = 0.2 in whitened units (the
+#: data-derived σ_min, the 10th-neighbour distance, is ≈ 5 here and blurs every digit away),
+#: 3000 steps per level; 1000 chains started at a draw of the Gaussian fitted to the data
+#: (x₀ ~ N(0, I) whitened, r₀ = A⁺x₀), t = 5 at dt = 1e-3 (`stable_step_size` ≈ 1.5e-3).
+_QUICK = {**_PAPER, "require_mnist": False, "pca_dim": 50, "digits_pca_dim": 30, "whiten": True, "hidden": 5000,
           "sigma_max": None, "sigma_min": 0.2, "num_levels": None, "remedies": True, "epochs_per_level": None,
-          "steps_per_level": 1500, "batch_size": 128, "learning_rate": 1e-3, "weight_decay": 0.0,
-          "num_chains": 1000, "init_scale": 1.0, "num_steps": 2500, "step_size": 2e-3, "noise_floor_repeats": 3,
-          "classifier_C": 20.0, "confidence": 0.9, "frechet_pca_dim": 50}
+          "steps_per_level": 3000, "batch_size": 128, "learning_rate": 1e-3, "weight_decay": 0.0,
+          "num_chains": 1000, "init": "readout", "init_scale": 1.0, "num_steps": 5000, "step_size": 1e-3,
+          "noise_floor_repeats": 3, "classifier_C": 20.0, "confidence": 0.9, "frechet_pca_dim": 50}
 
 #: The named settings. ``paper`` is docs/SCIENCE.md §4–§5 (needs ``data_dir``; 1000 epochs in all, a
 #: GPU job; the paper's plain DSM without remedies). ``quick``: see `_QUICK` (MNIST when
 #: ``data_dir`` is given, else scikit-learn's 8×8 digits). ``tiny`` is for tests (seconds).
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {**_PAPER, "classifier_C": 20.0, "confidence": 0.9, "frechet_pca_dim": 50},
+    "paper": {**_PAPER, "init": "units", "classifier_C": 20.0, "confidence": 0.9, "frechet_pca_dim": 50},
     "quick": _QUICK,
     "tiny": {**_QUICK, "pca_dim": 10, "digits_pca_dim": 10, "hidden": 32, "sigma_min": 0.5, "num_levels": 2,
              "steps_per_level": 20, "num_chains": 100, "num_steps": 50, "step_size": 1e-3, "noise_floor_repeats": 2,
@@ -157,11 +159,18 @@ def train(family: str, config: dict, data, *, key, progress: bool | None = None)
 
 
 def draw(family: str, model, config: dict, *, key):
-    """``num_chains`` chains from near zero (every unit ~ init_scale·N(0, 1))."""
+    """``num_chains`` chains. ``init="readout"``: the readout starts at x₀ ~ init_scale·N(0, I) in
+    PCA coordinates (with whitening: a draw from the Gaussian fitted to the data) and a reservoir
+    at r₀ = A⁺x₀; ``"units"`` (the paper): every unit ~ init_scale·N(0, 1)."""
     circuit = ReservoirSampler.from_score_network(model) if family == "RSN" else model
     k_init, k_run = jax.random.split(key)
-    state_dim = circuit.hidden if family == "RSN" else circuit.dim
-    r0 = config["init_scale"] * jax.random.normal(k_init, (config["num_chains"], state_dim))
+    if config.get("init", "units") == "readout":
+        r0 = config["init_scale"] * jax.random.normal(k_init, (config["num_chains"], model.dim))
+        if family == "RSN":
+            r0 = r0 @ (circuit.noise_map / jnp.sqrt(2.0)).T
+    else:
+        state_dim = circuit.hidden if family == "RSN" else circuit.dim
+        r0 = config["init_scale"] * jax.random.normal(k_init, (config["num_chains"], state_dim))
     return sample(circuit, key=k_run, num_chains=config["num_chains"], num_steps=config["num_steps"],
                   step_size=config["step_size"], initial_state=r0, on_nonfinite="flag", warn=False)
 
@@ -261,10 +270,12 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, data_
             sub = np.asarray(jax.random.choice(jax.random.fold_in(k_eval, 7), train_x.shape[0],
                                                (min(n, train_x.shape[0]),), replace=False))
             real["frechet"] = judge.frechet(data["train_images"][sub])  # real vs real: the floor
+            pca = data["pca"]
+            through = judge.report(np.asarray(pca.inverse_transform(pca.transform(data["heldout_images"]))))
             results["judge"] = {"classifier": f"logistic regression, C = {config['classifier_C']:g}",
                                 "heldout_accuracy": judge.accuracy, "confidence": judge.confidence,
                                 "frechet_features": f"PCA-{judge.features.components.shape[0]} of the training images",
-                                "real": real}
+                                "real": real, "real_through_pca": through}
     histories, images = {}, {"held-out data": data["heldout_images"]}
     generated = {}
     for i, family in enumerate(FAMILIES):
@@ -342,6 +353,14 @@ def comparison_table(results: dict, config: dict) -> str:
                   "nearest training image", "(÷ real)"]
         rows = [["real held-out", fmt(real["confident_fraction"], 3), "1", fmt(real["class_histogram"], 2),
                  fmt(real["frechet"], 3), "1", fmt(real["nearest_train_distance_median"], 3), "1"]]
+        through = j.get("real_through_pca")
+        if through is not None:  # what the PCA alone costs: held-out images projected and reconstructed
+            rows.append([f"real held-out through the PCA-{results['pca_dim']}", fmt(through["confident_fraction"], 3),
+                         fmt(through["confident_fraction"] / max(real["confident_fraction"], 1e-12), 2),
+                         fmt(through["class_histogram"], 2), fmt(through["frechet"], 3),
+                         fmt(through["frechet"] / max(real["frechet"], 1e-12), 2),
+                         fmt(through["nearest_train_distance_median"], 3),
+                         fmt(through["nearest_train_distance_median"] / max(real["nearest_train_distance_median"], 1e-12), 2)])
         for family in FAMILIES:
             m = results["models"][family].get("judge")
             if m is None:
