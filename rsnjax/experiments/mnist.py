@@ -290,7 +290,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, data_
         keep = np.all(np.isfinite(x), axis=1)
         entry: dict[str, Any] = {"final_loss_per_level": history.level_loss, "train_steps": int(len(history.loss)),
                                  "train_wall_time": train_time, "train_steps_per_second": len(history.loss) / train_time,
-                                 "fraction_diverged": float(1 - keep.mean()),
+                                 "fraction_diverged": float(1 - keep.mean()), "escaped": res.num_escaped,
                                  "sampling_wall_time": res.wall_time, "sampling_compile_time": res.compile_time}
         with watch(f"evaluate {family}"):
             if keep.sum() >= 2:
