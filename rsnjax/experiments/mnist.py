@@ -82,7 +82,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_PAPER, "init": "units", "classifier_C": 20.0, "confidence": 0.9, "frechet_pca_dim": 50},
     "quick": _QUICK,
     "tiny": {**_QUICK, "pca_dim": 10, "digits_pca_dim": 10, "hidden": 32, "sigma_min": 0.5, "num_levels": 2,
-             "steps_per_level": 20, "num_chains": 100, "num_steps": 50, "step_size": 1e-3, "noise_floor_repeats": 2,
+             "steps_per_level": 20, "batch_size": 32, "num_chains": 100, "num_steps": 50, "step_size": 1e-3,
+             "noise_floor_repeats": 2,
              "frechet_pca_dim": 10, "figure_formats": ("png",), "figure_dpi": 50},
 }
 
