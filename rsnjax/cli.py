@@ -899,11 +899,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     optional = {"overwrite": args.overwrite, "seed": args.seed, "data_dir": args.data_dir,
                 "progress": args.progress}
+    defaults = {"overwrite": False, "seed": 0, "data_dir": None, "progress": None}
     try:
         accepted = inspect.signature(run).parameters
-        optional = {k: v for k, v in optional.items() if k in accepted}
-    except (TypeError, ValueError):
-        optional = {}
+    except (TypeError, ValueError):  # no signature: pass everything
+        accepted = optional
+    dropped = [k for k, v in optional.items() if k not in accepted and v != defaults[k]]
+    if dropped:
+        flags = ", ".join("--" + k.replace("_", "-") for k in dropped)
+        raise CLIError(f"this rsnjax.experiments.run() does not accept {flags}")
+    optional = {k: v for k, v in optional.items() if k in accepted}
     try:
         result = run(name, preset=args.preset, out_dir=out, **optional)
     except FileExistsError as err:
@@ -967,6 +972,26 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def _raised_by_rsnjax(err: BaseException) -> bool:
+    """Whether ``err`` comes from a ``raise`` statement of rsnjax itself (its input validation).
+
+    A ValueError or TypeError raised anywhere else (inside JAX, NumPy, or by a wrong call in
+    rsnjax's own code) is a bug, not bad input, and keeps its traceback.
+    """
+    import linecache
+
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    package = str(Path(__file__).resolve().parent)
+    if not str(Path(filename).resolve()).startswith(package + os.sep):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+
+
 def _error_code(err: BaseException) -> int | None:
     """The exit code of an expected library error, or None for a bug."""
     from .checkpoint import CheckpointError
@@ -976,8 +1001,10 @@ def _error_code(err: BaseException) -> int | None:
 
     if isinstance(err, (SimulationDivergedError, TrainingDivergedError, RankDeficientReadoutError)):
         return EXIT_FAILURE
-    if isinstance(err, (CheckpointError, ValueError, TypeError)):
+    if isinstance(err, CheckpointError):
         return EXIT_USAGE
+    if isinstance(err, (ValueError, TypeError)):
+        return EXIT_USAGE if _raised_by_rsnjax(err) else None
     if isinstance(err, OSError):
         return EXIT_FAILURE
     return None
