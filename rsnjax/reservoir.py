@@ -101,6 +101,9 @@ class ReservoirSampler(eqx.Module):
         if noise_map is None:
             noise_map = math.sqrt(2.0) * _pseudo_inverse_full_row_rank(np.asarray(W_out), "W_out")
         self.noise_map = check_array(noise_map, "noise_map", ndim=2).astype(W_out.dtype)
+        if self.noise_map.shape != (n, d):
+            raise ValueError(f"`noise_map` must have shape (hidden, dim) = ({n}, {d}), "
+                             f"got {tuple(self.noise_map.shape)}")
         if extent is not None and (not isinstance(extent, DataExtent) or extent.dim != d):
             raise ValueError(f"`extent` must be a DataExtent of dimension {d} or None, got {extent!r}")
         self.extent = extent

@@ -95,3 +95,15 @@ def test_identity_fails_without_the_pseudo_inverse_noise():
         a = rsnjax.sample(wrong, initial_state=r0, **kw).trajectory
         b = rsnjax.sample(net, initial_state=res.readout(r0), **kw).trajectory
         assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+
+
+def test_noise_map_shape_is_checked():
+    # a (1, dim) noise map used to be accepted (only ndim was checked) and broadcast one noise
+    # value to every reservoir unit without an error
+    net = ScoreNetwork(2, 6, key=jax.random.key(0))
+    res = ReservoirSampler.from_score_network(net)
+    for shape in [(1, 2), (6, 1), (2, 6), (6, 3)]:
+        with pytest.raises(ValueError, match=r"noise_map.*\(6, 2\)"):
+            ReservoirSampler(res.W_out, res.W_in, res.I, noise_map=np.ones(shape))
+    ok = ReservoirSampler(res.W_out, res.W_in, res.I, noise_map=np.asarray(res.noise_map))
+    np.testing.assert_array_equal(ok.noise_map, res.noise_map)
