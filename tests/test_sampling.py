@@ -151,6 +151,8 @@ def test_a_diverging_run_names_the_chains_and_the_step():
         (dict(init="gaussian"), "init"),
         (dict(tau=0.0), "tau"),
         (dict(on_nonfinite="ignore"), "on_nonfinite"),
+        (dict(shard=2.0), "shard"),  # used to mean "all devices"
+        (dict(shard="all"), "shard"),
     ],
 )
 def test_sample_bad_input_names_the_argument(kwargs, match):
