@@ -135,6 +135,34 @@ def test_a_diverging_run_names_the_chains_and_the_step():
     assert np.isfinite(flagged.samples[0, 0]) and np.isfinite(flagged.samples[2, 0])
 
 
+def test_diffrax_backend_reports_the_divergence_step_as_scan_does():
+    # it used to report every diverged chain at the last step
+    unstable = lambda x: -4 * x + 0.1 * x**3  # noqa: E731
+    init = jnp.array([[0.0], [8.0], [0.1], [-9.0]])
+    kw = dict(dim=1, key=jax.random.key(0), num_chains=4, num_steps=200, step_size=0.1, initial_state=init,
+              on_nonfinite="flag")
+    with pytest.warns(rsnjax.SamplingWarning):
+        a = rsnjax.sample(unstable, **kw).nonfinite_step
+        b = rsnjax.sample(unstable, backend="diffrax", **kw).nonfinite_step
+    np.testing.assert_array_equal(b, a)
+    assert a[0] == -1 and a[2] == -1 and 0 < a[1] < 20 and 0 < a[3] < 20
+
+
+def test_diffrax_backend_raises_when_the_solve_fails(monkeypatch):
+    import diffrax
+
+    real = diffrax.diffeqsolve
+
+    def truncated(*args, **kwargs):  # a solver failure: max_steps reached before t1
+        return real(*args, **{**kwargs, "max_steps": 3})
+
+    monkeypatch.setattr(diffrax, "diffeqsolve", truncated)
+    with pytest.raises(Exception, match="did not complete"):
+        out = rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=37,
+                            step_size=0.1, backend="diffrax")
+        jax.block_until_ready(out.samples)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
