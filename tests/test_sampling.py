@@ -21,18 +21,28 @@ def _em_stationary_variance(var, h):
     return var / (1 - h / (2 * var))
 
 
+def _check_gaussian_samples(s, mean, var, h):
+    """The mean and variance of samples `s` (n, d) match Euler–Maruyama's stationary law within
+    5 standard errors: SE(mean) = √(var/n), SE(var) = var·√(2/n)."""
+    n = s.shape[0]
+    expected_var = np.array([_em_stationary_variance(v, h) for v in var])
+    np.testing.assert_array_less(np.abs(s.mean(0) - np.asarray(mean)), 5 * np.sqrt(expected_var / n))
+    np.testing.assert_array_less(np.abs(s.var(0) - expected_var), 5 * expected_var * math.sqrt(2 / n))
+
+
+# 50 000 chains: 5 SE of the variance is 3.2 %, so a sampler 5 % off is rejected (see the guard)
+N_GAUSSIAN = 50_000
+
+
 def test_langevin_on_a_gaussian_recovers_mean_and_variance():
     mean = jnp.array([1.0, -2.0])
     var = jnp.array([0.5, 2.0])
     target = targets.gaussian(mean, var)
-    n, h = 8000, 0.02
+    n, h = N_GAUSSIAN, 0.02
     out = rsnjax.sample(target, key=jax.random.key(0), num_chains=n, num_steps=1500, step_size=h, init="normal")
     s = np.asarray(out.samples, np.float64)
     assert s.shape == (n, 2)
-    expected_var = np.array([_em_stationary_variance(v, h) for v in (0.5, 2.0)])
-    # 5 standard errors: SE(mean) = √(var/n), SE(var) = var·√(2/n)
-    np.testing.assert_array_less(np.abs(s.mean(0) - np.asarray(mean)), 5 * np.sqrt(expected_var / n))
-    np.testing.assert_array_less(np.abs(s.var(0) - expected_var), 5 * expected_var * math.sqrt(2 / n))
+    _check_gaussian_samples(s, mean, (0.5, 2.0), h)
 
 
 def test_langevin_on_double_peak_recovers_mode_weights_and_variance():
@@ -51,15 +61,17 @@ def test_langevin_on_double_peak_recovers_mode_weights_and_variance():
 
 
 def test_the_gaussian_check_fails_for_a_wrong_sampler():
-    """Guard: the tolerances above do reject a sampler that is wrong by a little (noise √1.9
-    instead of √2, i.e. a 5 % too narrow stationary law)."""
+    """Guard: the very check above (same tolerance, same sample size) rejects a sampler that is
+    wrong by a little (score × 0.95, i.e. a ≈ 5 % too wide stationary law), while it accepts the
+    right one with the same key."""
     target = targets.gaussian(jnp.zeros(1), jnp.ones(1))
-    n, h = 8000, 0.02
-    wrong = lambda x: 0.95 * target.score(x) * 1.0  # noqa: E731  — equivalent to shrinking the noise
-    s = np.asarray(rsnjax.sample(wrong, dim=1, key=jax.random.key(0), num_chains=n, num_steps=1500,
-                                 step_size=h, init="normal").samples[:, 0], np.float64)
-    expected = _em_stationary_variance(1.0, h)
-    assert abs(s.var() - expected) > 5 * expected * math.sqrt(2 / n) * 0.5
+    n, h = N_GAUSSIAN, 0.02
+    kw = dict(dim=1, key=jax.random.key(0), num_chains=n, num_steps=1500, step_size=h, init="normal")
+    right = np.asarray(rsnjax.sample(target.score, **kw).samples, np.float64)
+    _check_gaussian_samples(right, [0.0], (1.0,), h)
+    wrong = np.asarray(rsnjax.sample(lambda x: 0.95 * target.score(x), **kw).samples, np.float64)
+    with pytest.raises(AssertionError):
+        _check_gaussian_samples(wrong, [0.0], (1.0,), h)
 
 
 def test_same_key_same_samples_and_independent_of_block_size():
@@ -80,12 +92,22 @@ def test_same_key_same_samples_and_independent_of_block_size():
 
 
 def test_burn_in_and_thinning_store_the_right_steps():
-    """A deterministic drift (dx = −x dt, no noise via a zero-noise SDE) makes the saved steps checkable."""
-    out = rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=20,
-                        step_size=0.1, burn_in=10, save_every=5, initial_state=jnp.ones(1))
-    assert out.trajectory.shape == (4, 3, 1)
-    # with noise the paths differ per chain but the trajectory's last entry is the final sample
-    np.testing.assert_array_equal(out.trajectory[-1], out.samples)
+    """Deterministic dynamics make the saved steps checkable: a reservoir with no input, no bias
+    and a zero noise map decays as r_t = (1 − h)^t r_0, so entry k of the trajectory must be
+    (1 − h)^(burn_in + save_every·(k + 1)) r_0 — an off-by-one in burn-in or thinning shows."""
+    res = rsnjax.ReservoirSampler(jnp.array([[1.0, 0.0]]), jnp.zeros((2, 1)), jnp.zeros(2),
+                                  noise_map=jnp.zeros((2, 1)))
+    r0 = jnp.array([[1.0, 0.0], [2.0, 0.5], [-1.0, 3.0]])
+    h, burn_in, save_every, num_steps = 0.1, 10, 5, 20
+    for backend in ("scan", "diffrax"):
+        out = rsnjax.sample(res, key=jax.random.key(0), num_chains=3, num_steps=num_steps, step_size=h,
+                            burn_in=burn_in, save_every=save_every, initial_state=r0, backend=backend)
+        assert out.trajectory.shape == (4, 3, 1)
+        steps = burn_in + save_every * np.arange(1, 5)
+        expected = (1 - h) ** steps[:, None] * np.asarray(r0[:, 0])[None, :]
+        np.testing.assert_allclose(out.trajectory[:, :, 0], expected, rtol=1e-5, err_msg=backend)
+        np.testing.assert_allclose(out.samples[:, 0], (1 - h) ** (burn_in + num_steps) * r0[:, 0], rtol=1e-5)
+        np.testing.assert_array_equal(out.trajectory[-1], out.samples)
     with pytest.raises(ValueError, match="save_every"):
         rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=20,
                       step_size=0.1, save_every=3)
