@@ -972,26 +972,6 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _raised_by_rsnjax(err: BaseException) -> bool:
-    """Whether ``err`` comes from a ``raise`` statement of rsnjax itself (its input validation).
-
-    A ValueError or TypeError raised anywhere else (inside JAX, NumPy, or by a wrong call in
-    rsnjax's own code) is a bug, not bad input, and keeps its traceback.
-    """
-    import linecache
-
-    tb = err.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    package = str(Path(__file__).resolve().parent)
-    if not str(Path(filename).resolve()).startswith(package + os.sep):
-        return False
-    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
-
-
 def _error_code(err: BaseException) -> int | None:
     """The exit code of an expected library error, or None for a bug."""
     from .checkpoint import CheckpointError
@@ -1004,7 +984,9 @@ def _error_code(err: BaseException) -> int | None:
     if isinstance(err, CheckpointError):
         return EXIT_USAGE
     if isinstance(err, (ValueError, TypeError)):
-        return EXIT_USAGE if _raised_by_rsnjax(err) else None
+        from ._validation import raised_by_rsnjax
+
+        return EXIT_USAGE if raised_by_rsnjax(err) else None
     if isinstance(err, OSError):
         return EXIT_FAILURE
     return None

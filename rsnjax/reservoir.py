@@ -166,7 +166,7 @@ class ReservoirSampler(eqx.Module):
 
     def readout(self, r: Float[Array, "*batch hidden"]) -> Float[Array, "*batch dim"]:
         """x = W_out r."""
-        return r @ self.W_out.T
+        return check_array(r, "r", dim=self.hidden, finite=False) @ self.W_out.T
 
     def rates(self, r: Float[Array, "*batch hidden"], inputs=None) -> Float[Array, "*batch hidden"]:
         """φ(W_rec r + I), computed through the rank-d factors in O(N d); with input weights
@@ -176,11 +176,13 @@ class ReservoirSampler(eqx.Module):
 
     def drift(self, r: Float[Array, "*batch hidden"], inputs=None) -> Float[Array, "*batch hidden"]:
         """(−r + φ(W_rec r + I [+ W_cond c])) / τ."""
+        r = check_array(r, "r", dim=self.hidden, finite=False)
         return (self.rates(r, inputs) - r) / self.tau
 
     def output_score(self, x: Float[Array, "*batch dim"], inputs=None) -> Float[Array, "*batch dim"]:
         """The score the output follows: −x + W_out φ(W_in x + I [+ W_cond c])."""
         phi = get_activation(self.activation)
+        x = check_array(x, "x", dim=self.dim, finite=False)
         return -x + phi(x @ self.W_in.T + self._input(inputs)) @ self.W_out.T
 
     def to_score_network(self) -> ScoreNetwork | ConditionalScoreNetwork:
