@@ -70,10 +70,14 @@ class _NoiseTerm(diffrax.AbstractTerm):
         return self.path.evaluate(t0, t1, **kwargs)
 
     def prod(self, vf, control):
-        return self.scale * self.sde.diffusion(control)
+        return self._noise(control)
 
     def vf_prod(self, t, y, args, control):
-        return self.scale * self.sde.diffusion(control)
+        return self._noise(control)
+
+    def _noise(self, control):
+        # the state is (circuit state, finite-step counter); the counter gets no noise
+        return self.scale * self.sde.diffusion(control), jnp.zeros(control.shape[:1], jnp.result_type(float))
 
 
 def solve_block(sde, r0, key_words, *, step_size, burn_in, num_steps, save_every, dtype):
@@ -87,19 +91,32 @@ def solve_block(sde, r0, key_words, *, step_size, burn_in, num_steps, save_every
                          "Use backend='scan' or enable jax_enable_x64.")
     h = jnp.asarray(step_size, dtype)
     path = _ChainNoisePath(key_words, sde.dim, jnp.dtype(dtype))
-    terms = diffrax.MultiTerm(diffrax.ODETerm(lambda t, y, args: h * sde.drift(y)),
-                              _NoiseTerm(sde, path, math.sqrt(step_size)))
+    count_dtype = jnp.result_type(float)
+
+    def drift(t, y, args):
+        # the counter grows by one per step taken from a finite state: it ends at the first
+        # non-finite step (a non-finite state stays non-finite)
+        finite = jnp.all(jnp.isfinite(sde.readout(y[0])), axis=-1)
+        return h * sde.drift(y[0]), finite.astype(count_dtype)
+
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), _NoiseTerm(sde, path, math.sqrt(step_size)))
     subs = [diffrax.SubSaveAt(t1=True)]
     if save_every is not None:
         num_saved = num_steps // save_every
         ts = jnp.asarray(burn_in + save_every * jnp.arange(1, num_saved + 1), jnp.result_type(float))
-        subs.append(diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: sde.readout(y)))
+        subs.append(diffrax.SubSaveAt(ts=ts, fn=lambda t, y, args: sde.readout(y[0])))
+    y0 = (r0, jnp.zeros(r0.shape[:1], count_dtype))
     sol = diffrax.diffeqsolve(
-        terms, diffrax.Euler(), t0=0.0, t1=float(total), dt0=1.0, y0=r0,
+        terms, diffrax.Euler(), t0=0.0, t1=float(total), dt0=1.0, y0=y0,
         saveat=diffrax.SaveAt(subs=subs), stepsize_controller=diffrax.ConstantStepSize(),
         adjoint=diffrax.ForwardMode(), max_steps=total + 1, throw=False,
     )
-    final = sol.ys[0][-1]
+    final, count = sol.ys[0][0][-1], sol.ys[0][1][-1]
+    # throw=False keeps NaN chains flowing to `on_nonfinite`; any other solver failure is an error
+    final = eqx.error_if(final, sol.result != diffrax.RESULTS.successful,
+                         "backend='diffrax': the solve did not complete (diffrax result not successful)")
     traj = sol.ys[1] if save_every is not None else jnp.zeros((0,), dtype)
-    bad = jnp.where(jnp.all(jnp.isfinite(sde.readout(final)), axis=-1), -1, total).astype(jnp.int32)
+    # as the scan backend: the number of steps after which the state was first non-finite
+    finite = jnp.all(jnp.isfinite(sde.readout(final)), axis=-1)
+    bad = jnp.where(finite, -1, count.astype(jnp.int32)).astype(jnp.int32)
     return (final, bad), traj

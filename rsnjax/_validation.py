@@ -7,7 +7,10 @@ was expected. Checks run on concrete values only: inside a ``jax.jit`` trace the
 
 from __future__ import annotations
 
+import linecache
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -114,3 +117,21 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
         f"`{name}` must be a PRNG key such as jax.random.key(0), got {type(key).__name__}"
         + (f" with shape {getattr(key, 'shape', None)}" if hasattr(key, "shape") else "")
     )
+
+
+def raised_by_rsnjax(err: BaseException) -> bool:
+    """Whether ``err`` comes from a ``raise`` statement of rsnjax itself (its input validation).
+
+    A ValueError or TypeError raised anywhere else (inside JAX, NumPy, or by a wrong call in
+    rsnjax's own code) is a bug, not bad input, and keeps its traceback.
+    """
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    package = str(Path(__file__).resolve().parent)  # rsnjax/
+    if not str(Path(filename).resolve()).startswith(package + os.sep):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")

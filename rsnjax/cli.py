@@ -899,11 +899,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     optional = {"overwrite": args.overwrite, "seed": args.seed, "data_dir": args.data_dir,
                 "progress": args.progress}
+    defaults = {"overwrite": False, "seed": 0, "data_dir": None, "progress": None}
     try:
         accepted = inspect.signature(run).parameters
-        optional = {k: v for k, v in optional.items() if k in accepted}
-    except (TypeError, ValueError):
-        optional = {}
+    except (TypeError, ValueError):  # no signature: pass everything
+        accepted = optional
+    dropped = [k for k, v in optional.items() if k not in accepted and v != defaults[k]]
+    if dropped:
+        flags = ", ".join("--" + k.replace("_", "-") for k in dropped)
+        raise CLIError(f"this rsnjax.experiments.run() does not accept {flags}")
+    optional = {k: v for k, v in optional.items() if k in accepted}
     try:
         result = run(name, preset=args.preset, out_dir=out, **optional)
     except FileExistsError as err:
@@ -976,8 +981,12 @@ def _error_code(err: BaseException) -> int | None:
 
     if isinstance(err, (SimulationDivergedError, TrainingDivergedError, RankDeficientReadoutError)):
         return EXIT_FAILURE
-    if isinstance(err, (CheckpointError, ValueError, TypeError)):
+    if isinstance(err, CheckpointError):
         return EXIT_USAGE
+    if isinstance(err, (ValueError, TypeError)):
+        from ._validation import raised_by_rsnjax
+
+        return EXIT_USAGE if raised_by_rsnjax(err) else None
     if isinstance(err, OSError):
         return EXIT_FAILURE
     return None

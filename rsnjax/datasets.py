@@ -168,6 +168,22 @@ def _mnist_files(directory: Path, split: str) -> tuple[Path | None, Path | None]
     return images, labels
 
 
+def _pixels_to_unit(raw: np.ndarray, path: Path) -> np.ndarray:
+    """Integer pixels 0–255 divided by 255; floating pixels already in [0, 1] kept. Anything else
+    is refused (no rescaling by the data's own maximum, which would depend on the file)."""
+    if raw.size == 0:
+        return raw.astype(np.float32)
+    lo, hi = float(raw.min()), float(raw.max())
+    if np.issubdtype(raw.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise IDXFormatError(f"{str(path)!r} holds integer pixels in [{lo:g}, {hi:g}]; expected 0–255")
+        return raw.astype(np.float32) / np.float32(255.0)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 or hi > 1:
+        raise IDXFormatError(f"{str(path)!r} holds floating pixels in [{lo:g}, {hi:g}]; expected values in "
+                             "[0, 1] (or integer pixels 0–255)")
+    return raw.astype(np.float32)
+
+
 def load_mnist(directory: str | os.PathLike, *, split: str = "auto") -> ImageData:
     """Load MNIST (or any IDX image set laid out like it) from a directory.
 
@@ -180,7 +196,8 @@ def load_mnist(directory: str | os.PathLike, *, split: str = "auto") -> ImageDat
     - `split`: ``"train"`` (60 000 images), ``"test"`` (the t10k files), or ``"auto"`` (train when
       present, else test).
 
-    **Returns:** an `ImageData` with images scaled to [0, 1].
+    **Returns:** an `ImageData` with images in [0, 1]: integer pixels (0–255) are divided by 255,
+    floating pixels must already lie in [0, 1].
 
     **Raises:** `FileNotFoundError` naming the files it looked for; `IDXFormatError` for corrupt
     files or images and labels of different lengths.
@@ -201,8 +218,7 @@ def load_mnist(directory: str | os.PathLike, *, split: str = "auto") -> ImageDat
     raw = read_idx(images_path)
     if raw.ndim != 3:
         raise IDXFormatError(f"{str(images_path)!r} must hold a (num, height, width) array, got shape {raw.shape}")
-    scale = 255.0 if raw.dtype == np.uint8 else max(float(np.abs(raw).max()), 1.0)
-    images = (raw.reshape(raw.shape[0], -1).astype(np.float32) / np.float32(scale))
+    images = _pixels_to_unit(raw, images_path).reshape(raw.shape[0], -1)
     labels = None
     source = images_path.name
     if labels_path is not None:

@@ -9,7 +9,9 @@ chains, and write metrics and a figure.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _jsonable(value):
+    """Nested dicts/lists of JSON values, arrays as lists, NaN/inf as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _figure(path: Path, target, net, samples, history, sigma_min, target_samples):
@@ -104,8 +119,12 @@ def _figure(path: Path, target, net, samples, history, sigma_min, target_samples
     ax.set_ylabel("σ² · DSM loss")
     ax.set_title("training")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    checkpoint.atomic_write_bytes(path, buffer.getvalue())
 
 
 def main(argv=None) -> int:
@@ -148,7 +167,9 @@ def main(argv=None) -> int:
     rate = args.chains * (args.burn_in + args.steps) / result.wall_time
     print(f"      {result.wall_time:.1f} s ({rate / 1e6:.2f} M chain-steps/s), compile {result.compile_time:.1f} s; "
           f"{result.num_escaped} chains outside the training data, R̂ {result.rhat:.3f}")
-    np.savez(out / "samples.npz", samples=np.asarray(result.samples), trajectory=np.asarray(result.trajectory))
+    buffer = io.BytesIO()
+    np.savez(buffer, samples=np.asarray(result.samples), trajectory=np.asarray(result.trajectory))
+    checkpoint.atomic_write_bytes(out / "samples.npz", buffer.getvalue())
 
     print("[4/4] metrics against the target")
     from . import metrics
@@ -168,8 +189,9 @@ def main(argv=None) -> int:
     })
     table = metrics.format_table(values)
     print(table)
-    (out / "metrics.json").write_text(json.dumps(values, indent=2, default=float))
-    (out / "metrics.md").write_text(table + "\n")
+    checkpoint.atomic_write_bytes(out / "metrics.json",
+                                  (json.dumps(_jsonable(values), indent=2, allow_nan=False) + "\n").encode())
+    checkpoint.atomic_write_bytes(out / "metrics.md", (table + "\n").encode())
     _figure(out / "demo.png", target, net, result.samples, history, float(sigmas[-1]), reference)
     print(f"wrote {out}/model.ckpt, samples.npz, metrics.json, metrics.md, demo.png")
     return 0

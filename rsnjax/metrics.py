@@ -863,13 +863,17 @@ def mode_weights(samples: Float[Array, "n d"], target: Any) -> Float[Array, " K"
     try:
         logp = comp(x)
     except NotImplementedError:
-        raise ValueError(f"`target` ({type(target).__name__}) has no mixture components") from None
+        raise _NoComponents(f"`target` ({type(target).__name__}) has no mixture components") from None
     logp = check_array(logp, "target.component_log_prob(samples)", ndim=2, finite=False)
     if logp.shape[0] != x.shape[0]:
         raise ValueError(
             f"`target.component_log_prob` must return shape ({x.shape[0]}, K), got {tuple(logp.shape)}"
         )
     return _mode_weights_impl(logp.astype(x.dtype))
+
+
+class _NoComponents(ValueError):
+    """``target.component_log_prob`` raised ``NotImplementedError``: the target is no mixture."""
 
 
 @jax.jit
@@ -1287,7 +1291,7 @@ def evaluate(
         try:
             result["mode_weights"] = _py(mode_weights(x, target))
             result["mode_weights_reference"] = _py(mode_weights(y, target))
-        except ValueError:
+        except _NoComponents:  # only "not a mixture" is skipped; a wrong shape or a bug propagates
             pass
     if score_fn is not None:
         err = score_error(score_fn, target, key=k_score, num_samples=score_error_samples, sigma=sigma)

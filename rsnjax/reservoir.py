@@ -101,6 +101,9 @@ class ReservoirSampler(eqx.Module):
         if noise_map is None:
             noise_map = math.sqrt(2.0) * _pseudo_inverse_full_row_rank(np.asarray(W_out), "W_out")
         self.noise_map = check_array(noise_map, "noise_map", ndim=2).astype(W_out.dtype)
+        if self.noise_map.shape != (n, d):
+            raise ValueError(f"`noise_map` must have shape (hidden, dim) = ({n}, {d}), "
+                             f"got {tuple(self.noise_map.shape)}")
         if extent is not None and (not isinstance(extent, DataExtent) or extent.dim != d):
             raise ValueError(f"`extent` must be a DataExtent of dimension {d} or None, got {extent!r}")
         self.extent = extent
@@ -163,7 +166,7 @@ class ReservoirSampler(eqx.Module):
 
     def readout(self, r: Float[Array, "*batch hidden"]) -> Float[Array, "*batch dim"]:
         """x = W_out r."""
-        return r @ self.W_out.T
+        return check_array(r, "r", dim=self.hidden, finite=False) @ self.W_out.T
 
     def rates(self, r: Float[Array, "*batch hidden"], inputs=None) -> Float[Array, "*batch hidden"]:
         """φ(W_rec r + I), computed through the rank-d factors in O(N d); with input weights
@@ -173,11 +176,13 @@ class ReservoirSampler(eqx.Module):
 
     def drift(self, r: Float[Array, "*batch hidden"], inputs=None) -> Float[Array, "*batch hidden"]:
         """(−r + φ(W_rec r + I [+ W_cond c])) / τ."""
+        r = check_array(r, "r", dim=self.hidden, finite=False)
         return (self.rates(r, inputs) - r) / self.tau
 
     def output_score(self, x: Float[Array, "*batch dim"], inputs=None) -> Float[Array, "*batch dim"]:
         """The score the output follows: −x + W_out φ(W_in x + I [+ W_cond c])."""
         phi = get_activation(self.activation)
+        x = check_array(x, "x", dim=self.dim, finite=False)
         return -x + phi(x @ self.W_in.T + self._input(inputs)) @ self.W_out.T
 
     def to_score_network(self) -> ScoreNetwork | ConditionalScoreNetwork:

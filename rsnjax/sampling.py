@@ -373,7 +373,9 @@ def _local_devices(shard):
         if not 1 <= shard <= len(devices):
             raise ValueError(f"`shard` asks for {shard} devices, {len(devices)} are available")
         return devices[:shard]
-    return devices
+    if shard is True or shard is None:
+        return devices
+    raise TypeError(f"`shard` must be True, False, None or a number of devices, got {shard!r}")
 
 
 def sample(

@@ -203,7 +203,7 @@ class GaussianMixture(Target):
 def gaussian(mean, covariance) -> GaussianMixture:
     """A single Gaussian N(mean, covariance), as a one-component `GaussianMixture`."""
     mean = jnp.atleast_1d(check_array(mean, "mean", ndim=(0, 1)))
-    cov = jnp.asarray(covariance)
+    cov = check_array(covariance, "covariance", ndim=(0, 1, 2))
     if cov.ndim == 2:
         cov = cov[None]
     elif cov.ndim == 1:
@@ -355,7 +355,10 @@ class LaplaceMixture(Target):
 
 def laplace_x(correlation: float = 0.9) -> LaplaceMixture:
     """The paper's 2-D heavy-tailed "X": ½ copula(+ρ) + ½ copula(−ρ), Laplace marginals of variance 1."""
-    rho = float(correlation)
+    try:
+        rho = float(correlation)
+    except (TypeError, ValueError):
+        raise TypeError(f"`correlation` must be a number in (−1, 1), got {correlation!r}") from None
     if not -1.0 < rho < 1.0:
         raise ValueError(f"`correlation` must lie in (−1, 1), got {correlation}")
     r = np.array([[[1.0, rho], [rho, 1.0]], [[1.0, -rho], [-rho, 1.0]]])

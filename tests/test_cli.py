@@ -320,6 +320,44 @@ def test_diverged_training_exits_1(tmp_path, capsys, monkeypatch):
     assert_one_line_error(err, "training diverged", "non-finite", "no checkpoint was written yet")
 
 
+def test_bugs_are_not_reported_as_bad_input(tmp_path, capsys, monkeypatch):
+    # A ValueError/TypeError raised inside JAX (a bug) keeps its traceback; only rsnjax's own
+    # validation (a ``raise`` in rsnjax) is "bad input", exit 2.
+    model_file = tmp_path / "m.ckpt"
+    ckpt.save(model_file, rsnjax.ScoreNetwork(1, 4, key=jax.random.key(0)))
+
+    def buggy_sample(model, **kwargs):
+        return jax.numpy.zeros(3) + jax.numpy.zeros(4)  # shape mismatch raised by JAX
+
+    monkeypatch.setattr(rsnjax, "sample", buggy_sample)
+    with pytest.raises((TypeError, ValueError), match="shapes|broadcast"):
+        cli.main(["sample", str(model_file), "--chains", "8", "--steps", "5", "--out", str(tmp_path / "s.npz")])
+    assert not (tmp_path / "s.npz").exists()
+    # the same command with a genuine validation error from rsnjax is still exit 2
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "missing.npz", "double-peak")
+    assert code == 2
+
+
+def test_reproduce_refuses_options_run_does_not_take(tmp_path, capsys, monkeypatch):
+    calls = []
+    fake = types.ModuleType("rsnjax.experiments")
+
+    def old_run(name, *, preset, out_dir):
+        calls.append(name)
+        return {"out_dir": str(out_dir)}
+
+    fake.run = old_run
+    monkeypatch.setitem(sys.modules, "rsnjax.experiments", fake)
+    for flag in (["--seed", 3], ["--overwrite"], ["--data-dir", tmp_path], ["--progress"], ["--no-progress"]):
+        code, _, err = run_cli(capsys, "reproduce", "ring", "--out", tmp_path / "r", *flag)
+        assert code == 2, flag
+        assert_one_line_error(err, "does not accept", str(flag[0]).replace("no-", ""))
+    assert calls == []
+    code, _, err = run_cli(capsys, "reproduce", "ring", "--out", tmp_path / "r")  # defaults only: fine
+    assert code == 0 and calls == ["ring"], err
+
+
 def test_reproduce_and_demo_lazy_imports(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "rsnjax.experiments", None)  # as if not installed
     code, _, err = run_cli(capsys, "reproduce", "double-peak", "--out", tmp_path / "r")

@@ -86,6 +86,24 @@ def test_load_mnist_prefers_train_and_honours_split(tmp_path):
         datasets.load_mnist(tmp_path, split="validation")
 
 
+def test_load_mnist_pixel_scale_does_not_depend_on_the_data(tmp_path):
+    # integer pixels are /255 whatever their maximum; float pixels in [0, 1] are kept as they are;
+    # anything else is refused (the scale used to be max|x| of the file)
+    dark = np.zeros((3, 4, 4), np.int16)
+    dark[:, 0, 0] = 100
+    datasets.write_idx(tmp_path / "t10k-images-idx3-ubyte", dark)
+    np.testing.assert_allclose(datasets.load_mnist(tmp_path).images[:, 0], 100 / 255, rtol=1e-6)
+    half = np.full((3, 4, 4), 0.5, np.float32)
+    datasets.write_idx(tmp_path / "t10k-images-idx3-ubyte", half)
+    np.testing.assert_array_equal(datasets.load_mnist(tmp_path).images, 0.5)
+    for bad, match in [(np.full((3, 4, 4), 200.0, np.float32), r"floating pixels in \[200, 200\]"),
+                       (np.full((3, 4, 4), -1, np.int16), r"integer pixels in \[-1, -1\]"),
+                       (np.full((3, 4, 4), 300, np.int16), "expected 0–255")]:
+        datasets.write_idx(tmp_path / "t10k-images-idx3-ubyte", bad)
+        with pytest.raises(datasets.IDXFormatError, match=match):
+            datasets.load_mnist(tmp_path)
+
+
 def test_load_mnist_errors_name_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
         datasets.load_mnist(tmp_path)

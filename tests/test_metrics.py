@@ -753,6 +753,36 @@ def test_evaluate_without_target_and_errors():
         metrics.evaluate(x, None, key=jax.random.key(0))
 
 
+class _NotAMixture:
+    """A target whose ``component_log_prob`` exists but raises ``NotImplementedError``."""
+
+    dim = 2
+
+    def component_log_prob(self, x):
+        raise NotImplementedError
+
+
+class _BrokenMixture:
+    """A target whose ``component_log_prob`` returns the wrong shape (a bug in the target)."""
+
+    dim = 2
+
+    def component_log_prob(self, x):
+        return jnp.zeros((x.shape[0] + 1, 2))
+
+
+def test_evaluate_skips_only_non_mixtures():
+    # "not a mixture" leaves `mode_weights` out; a broken `component_log_prob` is reported,
+    # not silently dropped (it used to be swallowed by `except ValueError: pass`)
+    x, ref = _normal(130, (50, 2)), _normal(131, (50, 2))
+    res = metrics.evaluate(x, _NotAMixture(), key=jax.random.key(0), reference_samples=ref,
+                           noise_floor_repeats=0)
+    assert "mode_weights" not in res and res["num_samples"] == 50
+    with pytest.raises(ValueError, match="component_log_prob.*shape"):
+        metrics.evaluate(x, _BrokenMixture(), key=jax.random.key(0), reference_samples=ref,
+                         noise_floor_repeats=0)
+
+
 @pytest.mark.slow
 def test_evaluate_10k_by_10k_runs():
     # 10 000 × 10 000 pairs in d = 2 with the blocked sums (no timing assertion here; see the

@@ -95,3 +95,50 @@ def test_identity_fails_without_the_pseudo_inverse_noise():
         a = rsnjax.sample(wrong, initial_state=r0, **kw).trajectory
         b = rsnjax.sample(net, initial_state=res.readout(r0), **kw).trajectory
         assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+
+
+def test_noise_map_shape_is_checked():
+    # a (1, dim) noise map used to be accepted (only ndim was checked) and broadcast one noise
+    # value to every reservoir unit without an error
+    net = ScoreNetwork(2, 6, key=jax.random.key(0))
+    res = ReservoirSampler.from_score_network(net)
+    for shape in [(1, 2), (6, 1), (2, 6), (6, 3)]:
+        with pytest.raises(ValueError, match=r"noise_map.*\(6, 2\)"):
+            ReservoirSampler(res.W_out, res.W_in, res.I, noise_map=np.ones(shape))
+    ok = ReservoirSampler(res.W_out, res.W_in, res.I, noise_map=np.asarray(res.noise_map))
+    np.testing.assert_array_equal(ok.noise_map, res.noise_map)
+
+
+def test_reservoir_drift_reads_out_as_the_network_score():
+    # W_out · drift(r) = (A φ(B W_out r + b) − W_out r)/τ = s(W_out r)/τ for every r (not only
+    # on the readout's range): the leak −r and the rates must both be exact
+    net = ScoreNetwork(2, 16, key=jax.random.key(0))
+    tau = 0.7
+    res = ReservoirSampler.from_score_network(net, tau=tau)
+    r = jax.random.normal(jax.random.key(1), (5, 16))
+    x = res.readout(r)
+    np.testing.assert_allclose(res.readout(res.drift(r)), net(x) / tau, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.output_score(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_every_form_of_the_reservoir_step_is_the_euler_maruyama_step():
+    # the fused step (`stepper`), its loop form (u, c) and the generic r + h·drift + √h·G ξ agree
+    from rsnjax.sde import CircuitSDE, ReservoirLangevin
+
+    with jax.enable_x64(True):
+        net = ScoreNetwork(2, 16, key=jax.random.key(0))
+        net = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, net)
+        sde = ReservoirLangevin(ReservoirSampler.from_score_network(net, tau=0.8))
+        r = jax.random.normal(jax.random.key(1), (5, 16), jnp.float64)
+        noise = jax.random.normal(jax.random.key(2), (5, 2), jnp.float64)
+        h = 0.05
+        want = r + h * sde.drift(r) + math.sqrt(h) * sde.diffusion(noise)
+        generic, x_generic = CircuitSDE.euler_maruyama_step(sde, r, noise, h)
+        np.testing.assert_allclose(generic, want, rtol=1e-12, atol=1e-12)
+        step = sde.stepper()
+        fused, x = step.euler_maruyama_step(r, noise, h)
+        np.testing.assert_allclose(fused, want, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(x, sde.readout(r), rtol=1e-12, atol=1e-12)
+        loop, x_loop = step.loop_step(step.loop_state(r), noise, h)
+        np.testing.assert_allclose(step.state_from_loop(loop), want, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(x_loop, sde.readout(r), rtol=1e-12, atol=1e-12)

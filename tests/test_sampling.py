@@ -21,18 +21,28 @@ def _em_stationary_variance(var, h):
     return var / (1 - h / (2 * var))
 
 
+def _check_gaussian_samples(s, mean, var, h):
+    """The mean and variance of samples `s` (n, d) match Euler–Maruyama's stationary law within
+    5 standard errors: SE(mean) = √(var/n), SE(var) = var·√(2/n)."""
+    n = s.shape[0]
+    expected_var = np.array([_em_stationary_variance(v, h) for v in var])
+    np.testing.assert_array_less(np.abs(s.mean(0) - np.asarray(mean)), 5 * np.sqrt(expected_var / n))
+    np.testing.assert_array_less(np.abs(s.var(0) - expected_var), 5 * expected_var * math.sqrt(2 / n))
+
+
+# 50 000 chains: 5 SE of the variance is 3.2 %, so a sampler 5 % off is rejected (see the guard)
+N_GAUSSIAN = 50_000
+
+
 def test_langevin_on_a_gaussian_recovers_mean_and_variance():
     mean = jnp.array([1.0, -2.0])
     var = jnp.array([0.5, 2.0])
     target = targets.gaussian(mean, var)
-    n, h = 8000, 0.02
+    n, h = N_GAUSSIAN, 0.02
     out = rsnjax.sample(target, key=jax.random.key(0), num_chains=n, num_steps=1500, step_size=h, init="normal")
     s = np.asarray(out.samples, np.float64)
     assert s.shape == (n, 2)
-    expected_var = np.array([_em_stationary_variance(v, h) for v in (0.5, 2.0)])
-    # 5 standard errors: SE(mean) = √(var/n), SE(var) = var·√(2/n)
-    np.testing.assert_array_less(np.abs(s.mean(0) - np.asarray(mean)), 5 * np.sqrt(expected_var / n))
-    np.testing.assert_array_less(np.abs(s.var(0) - expected_var), 5 * expected_var * math.sqrt(2 / n))
+    _check_gaussian_samples(s, mean, (0.5, 2.0), h)
 
 
 def test_langevin_on_double_peak_recovers_mode_weights_and_variance():
@@ -51,15 +61,17 @@ def test_langevin_on_double_peak_recovers_mode_weights_and_variance():
 
 
 def test_the_gaussian_check_fails_for_a_wrong_sampler():
-    """Guard: the tolerances above do reject a sampler that is wrong by a little (noise √1.9
-    instead of √2, i.e. a 5 % too narrow stationary law)."""
+    """Guard: the very check above (same tolerance, same sample size) rejects a sampler that is
+    wrong by a little (score × 0.95, i.e. a ≈ 5 % too wide stationary law), while it accepts the
+    right one with the same key."""
     target = targets.gaussian(jnp.zeros(1), jnp.ones(1))
-    n, h = 8000, 0.02
-    wrong = lambda x: 0.95 * target.score(x) * 1.0  # noqa: E731  — equivalent to shrinking the noise
-    s = np.asarray(rsnjax.sample(wrong, dim=1, key=jax.random.key(0), num_chains=n, num_steps=1500,
-                                 step_size=h, init="normal").samples[:, 0], np.float64)
-    expected = _em_stationary_variance(1.0, h)
-    assert abs(s.var() - expected) > 5 * expected * math.sqrt(2 / n) * 0.5
+    n, h = N_GAUSSIAN, 0.02
+    kw = dict(dim=1, key=jax.random.key(0), num_chains=n, num_steps=1500, step_size=h, init="normal")
+    right = np.asarray(rsnjax.sample(target.score, **kw).samples, np.float64)
+    _check_gaussian_samples(right, [0.0], (1.0,), h)
+    wrong = np.asarray(rsnjax.sample(lambda x: 0.95 * target.score(x), **kw).samples, np.float64)
+    with pytest.raises(AssertionError):
+        _check_gaussian_samples(wrong, [0.0], (1.0,), h)
 
 
 def test_same_key_same_samples_and_independent_of_block_size():
@@ -80,12 +92,22 @@ def test_same_key_same_samples_and_independent_of_block_size():
 
 
 def test_burn_in_and_thinning_store_the_right_steps():
-    """A deterministic drift (dx = −x dt, no noise via a zero-noise SDE) makes the saved steps checkable."""
-    out = rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=20,
-                        step_size=0.1, burn_in=10, save_every=5, initial_state=jnp.ones(1))
-    assert out.trajectory.shape == (4, 3, 1)
-    # with noise the paths differ per chain but the trajectory's last entry is the final sample
-    np.testing.assert_array_equal(out.trajectory[-1], out.samples)
+    """Deterministic dynamics make the saved steps checkable: a reservoir with no input, no bias
+    and a zero noise map decays as r_t = (1 − h)^t r_0, so entry k of the trajectory must be
+    (1 − h)^(burn_in + save_every·(k + 1)) r_0 — an off-by-one in burn-in or thinning shows."""
+    res = rsnjax.ReservoirSampler(jnp.array([[1.0, 0.0]]), jnp.zeros((2, 1)), jnp.zeros(2),
+                                  noise_map=jnp.zeros((2, 1)))
+    r0 = jnp.array([[1.0, 0.0], [2.0, 0.5], [-1.0, 3.0]])
+    h, burn_in, save_every, num_steps = 0.1, 10, 5, 20
+    for backend in ("scan", "diffrax"):
+        out = rsnjax.sample(res, key=jax.random.key(0), num_chains=3, num_steps=num_steps, step_size=h,
+                            burn_in=burn_in, save_every=save_every, initial_state=r0, backend=backend)
+        assert out.trajectory.shape == (4, 3, 1)
+        steps = burn_in + save_every * np.arange(1, 5)
+        expected = (1 - h) ** steps[:, None] * np.asarray(r0[:, 0])[None, :]
+        np.testing.assert_allclose(out.trajectory[:, :, 0], expected, rtol=1e-5, err_msg=backend)
+        np.testing.assert_allclose(out.samples[:, 0], (1 - h) ** (burn_in + num_steps) * r0[:, 0], rtol=1e-5)
+        np.testing.assert_array_equal(out.trajectory[-1], out.samples)
     with pytest.raises(ValueError, match="save_every"):
         rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=20,
                       step_size=0.1, save_every=3)
@@ -135,6 +157,34 @@ def test_a_diverging_run_names_the_chains_and_the_step():
     assert np.isfinite(flagged.samples[0, 0]) and np.isfinite(flagged.samples[2, 0])
 
 
+def test_diffrax_backend_reports_the_divergence_step_as_scan_does():
+    # it used to report every diverged chain at the last step
+    unstable = lambda x: -4 * x + 0.1 * x**3  # noqa: E731
+    init = jnp.array([[0.0], [8.0], [0.1], [-9.0]])
+    kw = dict(dim=1, key=jax.random.key(0), num_chains=4, num_steps=200, step_size=0.1, initial_state=init,
+              on_nonfinite="flag")
+    with pytest.warns(rsnjax.SamplingWarning):
+        a = rsnjax.sample(unstable, **kw).nonfinite_step
+        b = rsnjax.sample(unstable, backend="diffrax", **kw).nonfinite_step
+    np.testing.assert_array_equal(b, a)
+    assert a[0] == -1 and a[2] == -1 and 0 < a[1] < 20 and 0 < a[3] < 20
+
+
+def test_diffrax_backend_raises_when_the_solve_fails(monkeypatch):
+    import diffrax
+
+    real = diffrax.diffeqsolve
+
+    def truncated(*args, **kwargs):  # a solver failure: max_steps reached before t1
+        return real(*args, **{**kwargs, "max_steps": 3})
+
+    monkeypatch.setattr(diffrax, "diffeqsolve", truncated)
+    with pytest.raises(Exception, match="did not complete"):
+        out = rsnjax.sample(lambda x: -x, dim=1, key=jax.random.key(0), num_chains=3, num_steps=37,
+                            step_size=0.1, backend="diffrax")
+        jax.block_until_ready(out.samples)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -151,6 +201,8 @@ def test_a_diverging_run_names_the_chains_and_the_step():
         (dict(init="gaussian"), "init"),
         (dict(tau=0.0), "tau"),
         (dict(on_nonfinite="ignore"), "on_nonfinite"),
+        (dict(shard=2.0), "shard"),  # used to mean "all devices"
+        (dict(shard="all"), "shard"),
     ],
 )
 def test_sample_bad_input_names_the_argument(kwargs, match):
@@ -215,3 +267,24 @@ def test_step_noise_is_standard_normal_and_independent():
     with jax.enable_x64(True):
         z64 = np.asarray(step_noise(words, 0, 2, jnp.float64))
     assert z64.dtype == np.float64 and abs(z64.var() - 1) < 5 * math.sqrt(2 / z64.size)
+
+
+def test_step_noise_is_the_documented_function_of_the_counter():
+    """Value by value: component j of chain c at step t is √2·erf⁻¹(2u − 1) with u from the first
+    word of jax's own Threefry-2x32 of the counter (t, j) under the chain's key words (an
+    independent computation: jax.extend's threefry and scipy's erfinv). The statistical test
+    above cannot see a 1 % error in the scale; this one does."""
+    import jax.extend.random as jr
+    import scipy.special
+
+    from rsnjax.sampling import chain_key_words, step_noise
+
+    words = np.asarray(chain_key_words(jax.random.key(0), jnp.arange(4, dtype=jnp.uint32)))
+    for t in (0, 5, 123_456):
+        z = np.asarray(step_noise(jnp.asarray(words), t, 3, jnp.float32), np.float64)
+        for c in range(4):
+            for j in range(3):
+                hi = int(np.asarray(jr.threefry_2x32(jnp.asarray(words[c]), jnp.array([t, j], jnp.uint32)))[0])
+                u = (hi >> 9) / 2.0**23
+                want = math.sqrt(2) * scipy.special.erfinv(max(2 * u - 1, -1 + 2.0**-23))
+                assert abs(z[c, j] - want) < 1e-5 * max(1.0, abs(want)), (t, c, j, z[c, j], want)
