@@ -294,8 +294,8 @@ def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE):
     decaying learning rate is usually there for (it averages out the DSM gradient noise)
     without slowing the iterate down: on the 13 targets of ``benchmarks/quality.py`` a constant
     Adam with the average meets the quality goal on 9, a cosine decay within each level
-    (`cosine_optimizer`) on 8; on the Laplace X its tails and W₁ are closer to the truth on
-    every seed tried (docs/QUALITY.md). Cached: one object per setting, so that repeated `fit`
+    (`cosine_optimizer`) on 8; on the Laplace X its MMD² and marginal W₁ were lower (three
+    seeds against four; docs/QUALITY.md). Cached: one object per setting, so that repeated `fit`
     calls reuse the compiled chunk."""
     return optax.adam(learning_rate)
 
@@ -356,7 +356,8 @@ def fit(
       `epochs_per_level` may be given instead (steps = epochs × ⌊num / batch_size⌋).
     - `batch_size`: examples per step (default 128).
     - `optimizer`: an optax transformation. Default: `default_optimizer` — Adam at a constant
-      1e-3 (with the parameter average below; `cosine_optimizer` decays it within each level). (The paper's double peak uses
+      1e-3 (with the parameter average below; `cosine_optimizer` decays it within each level).
+      (The paper's double peak uses
       ``optax.amsgrad(1e-4)`` with ``weight_decay=1e-3``.) Pass the same object to later
       `fit` calls to reuse the compiled program (it is traced once, so values its closures read
       are taken as they were then).
