@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint, targets
+from .cli import _jsonable  # strict JSON: arrays as lists, NaN/inf as None
 from .networks import ScoreNetwork
 from .reservoir import ReservoirSampler
 from .sampling import sample
@@ -56,19 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files in an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
-
-
-def _jsonable(value):
-    """Nested dicts/lists of JSON values, arrays as lists, NaN/inf as None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _figure(path: Path, target, net, samples, history, sigma_min, target_samples):
