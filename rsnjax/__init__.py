@@ -18,7 +18,7 @@ from .reservoir import RankDeficientReadoutError, ReservoirSampler
 from .sampling import (SampleResult, SamplingWarning, SimulationDivergedError, as_sde, configure_cpu, sample,
                        skew_symmetric, stable_step_size)
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
-from .training import History, TrainingDivergedError, cosine_optimizer, default_optimizer, fit
+from .training import History, TrainingDivergedError, cosine_optimizer, default_optimizer, default_steps, fit
 
 __all__ = [
     "__version__",
@@ -41,6 +41,7 @@ __all__ = [
     "default_sigmas",
     "default_optimizer",
     "cosine_optimizer",
+    "default_steps",
     "DataExtent",
     "data_extent",
     "dsm_loss",

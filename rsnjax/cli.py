@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smallest noise level (default: from the data; the paper's is 100^-0.9 = 0.01585)")
     p.add_argument("--num-levels", type=positive_int, default=None,
                    help="number of geometric noise levels (default: from the data, at least 10)")
-    p.add_argument("--steps-per-level", type=positive_int, default=2000, help="optimiser steps per level")
+    p.add_argument("--steps-per-level", type=positive_int, default=None,
+                   help="optimiser steps at every level (default: fit's, 1000 per level and 20000 at the last)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
     p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="optimiser learning rate")
     p.add_argument("--optimizer", choices=("adam", "cosine", "amsgrad"), default="adam",
@@ -657,6 +658,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         dynamics = "synaptic_current" if args.model == "so-sc" else "firing_rate"
         model = SamplerOnly(dim, dynamics=dynamics, activation=args.activation, key=key_init)
     if args.optimizer == "cosine":
+        if args.steps_per_level is None:
+            raise CLIError("--optimizer cosine decays within each level and needs --steps-per-level")
         optimizer = cosine_optimizer(args.steps_per_level, args.learning_rate)
     elif args.optimizer == "amsgrad":
         optimizer = optax.amsgrad(args.learning_rate)
@@ -672,7 +675,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(f"rsnjax train: {args.model} (dim {dim}" + (f", hidden {args.hidden}" if args.model == "rsn" else "")
          + f") on {data_desc}; "
          + (f"{len(sigmas)} levels" if sigmas is not None else "noise levels from the data")
-         + f" x {args.steps_per_level} steps; out {str(out)!r}")
+         + (f" x {args.steps_per_level} steps" if args.steps_per_level else ", fit's default steps")
+         + f"; out {str(out)!r}")
     start = time.perf_counter()
     try:
         trained, history = fit(
@@ -702,8 +706,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     level_loss = np.asarray(history.level_loss)
     sigmas = np.asarray(history.sigmas)
     summary = {"sigmas": sigmas, "level_loss": level_loss,
-               "final_loss": float(np.mean(history.loss[-max(1, args.steps_per_level // 4):])),
-               "steps_per_level": args.steps_per_level, "total_steps": total,
+               "final_loss": float(level_loss[-1]),
+               "steps_per_level": history.steps_per_level.tolist(), "total_steps": total,
                "seconds": round(seconds, 3)}
     save(out / MODEL_FILE, trained, metadata=_jsonable({"train": run, "history": summary}))
     _write_npz(out / HISTORY_NPZ, {"loss": history.loss, "level": history.level, "sigmas": history.sigmas,
