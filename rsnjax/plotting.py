@@ -258,22 +258,27 @@ def _smooth(y: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(y, kernel, mode="valid")
 
 
-def plot_loss_curves(histories: Mapping[str, tuple[np.ndarray, np.ndarray]], *, steps_per_level: int,
+def plot_loss_curves(histories: Mapping[str, tuple[np.ndarray, np.ndarray]], *, steps_per_level: int | None = None,
                      sigmas=None, smooth: int | None = None) -> Figure:
     """The DSM loss over training for each model (moving average, log y), levels marked.
 
     **Arguments:**
 
     - `histories`: name → ``(loss (steps,), level (steps,))``.
-    - `steps_per_level`: steps per noise level (for the level boundaries).
+    - `steps_per_level`: unused (kept for old callers): the level boundaries and the default
+      smoothing are read off the histories' level arrays, which may have levels of any length.
     - `sigmas`: the schedule (level boundaries are labelled with σ), optional.
-    - `smooth`: moving-average window (default about 1/20 of a level).
+    - `smooth`: moving-average window (default about 1/20 of the shortest level).
 
     **Returns:** the figure with two panels: raw loss, and σ²-weighted loss (comparable across levels).
     """
     fig = Figure(figsize=(9.0, 3.3), layout="constrained")
     axes = fig.subplots(1, 2)
-    window = smooth if smooth is not None else max(1, steps_per_level // 20)
+    longest = max(histories.values(), key=lambda h: len(np.asarray(h[0])))
+    longest_level = np.asarray(longest[1])
+    boundaries = np.flatnonzero(np.diff(longest_level)) + 1
+    lengths = np.diff(np.concatenate([[0], boundaries, [len(longest_level)]]))
+    window = smooth if smooth is not None else max(1, int(lengths.min()) // 20)
     for i, (name, (loss, level)) in enumerate(histories.items()):
         loss = np.asarray(loss, dtype=float)
         level = np.asarray(level)
@@ -282,9 +287,8 @@ def plot_loss_curves(histories: Mapping[str, tuple[np.ndarray, np.ndarray]], *, 
             y = loss * np.asarray(sigmas)[level] ** 2 if (weighted and sigmas is not None) else loss
             ys = _smooth(y, window)
             ax.plot(steps[window - 1:] if len(ys) < len(y) else steps, ys, color=_color(name, i), lw=1.1, label=name)
-    total = max(len(np.asarray(h[0])) for h in histories.values())
     for ax in axes:
-        for b in range(steps_per_level, total, steps_per_level):
+        for b in boundaries:
             ax.axvline(b, color="0.85", lw=0.6, zorder=0)
         ax.set_yscale("log")
         ax.set_xlabel("optimiser step (grey lines: new noise level)")

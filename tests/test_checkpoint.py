@@ -408,3 +408,18 @@ def test_killed_process_resumes_bit_exactly(tmp_path):
     reference, ref_history = _reference_fit()
     assert_bit_identical(resumed, reference)
     assert ref_history.loss.tobytes() == history.loss.tobytes()
+
+
+def test_resume_with_per_level_steps_equals_uninterrupted(tmp_path):
+    """Levels of different lengths: stop inside the longer second level, resume, same bits."""
+    reference, ref_history = _fit(steps_per_level=[4, 12])
+    partial, history = _fit(tmp_path, steps_per_level=[4, 12], max_chunks=2)
+    meta = ckpt.read_info(tmp_path / training.CHECKPOINT_NAME)["metadata"]
+    assert (meta["level"], meta["step"]) == (1, 4)
+    assert np.isnan(history.loss).sum() == 8
+    resumed, resumed_history = _fit(tmp_path, steps_per_level=[4, 12], resume=True)
+    assert_bit_identical(resumed, reference)
+    assert ref_history.loss.tobytes() == resumed_history.loss.tobytes()
+    # another per-level budget is a different run: refused, naming the difference
+    with pytest.raises(ckpt.CheckpointError, match="steps_per_level"):
+        _fit(tmp_path, steps_per_level=[4, 8], resume=True)

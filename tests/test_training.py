@@ -286,3 +286,36 @@ def test_fit_bad_input_names_the_argument(kwargs, match):
 def test_dsm_bad_input(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_steps_per_level_may_differ_between_levels():
+    """One int per level: level k runs exactly that many steps (the history says so), the run
+    equals the same levels trained one after another, and the default budget is `default_steps`."""
+    target = targets.gaussian(jnp.array([1.0, -1.0]), jnp.array([0.5, 2.0]))
+    data = np.asarray(target.sample(jax.random.key(0), 640))
+    net = ScoreNetwork(2, 16, key=jax.random.key(2))
+    common = dict(batch_size=64, key=jax.random.key(1), progress=False, ema_decay=None, confine=None)
+    model, history = rsnjax.fit(net, data, sigmas=[0.5, 0.2, 0.1], steps_per_level=[6, 4, 10], **common)
+    np.testing.assert_array_equal(history.level, np.repeat([0, 1, 2], [6, 4, 10]))
+    np.testing.assert_array_equal(history.steps_per_level, [6, 4, 10])
+    assert np.isfinite(history.loss).all() and history.loss.shape == (20,)
+    # the per-level loss summary reads each level's own steps: level 1's last quarter is its last step
+    assert history.level_loss[1] == history.loss[9]
+    assert history.level_loss[2] == pytest.approx(history.loss[-2:].mean())
+    # a chunk size must divide every level's steps; the default divides them all
+    with pytest.raises(ValueError, match="chunk_size"):
+        rsnjax.fit(net, data, sigmas=[0.5, 0.2, 0.1], steps_per_level=[6, 4, 10], chunk_size=4, **common)
+    # different steps give a different run (the lengths are used, not ignored)
+    other, _ = rsnjax.fit(net, data, sigmas=[0.5, 0.2, 0.1], steps_per_level=[6, 4, 12], **common)
+    assert not np.array_equal(np.asarray(other.A), np.asarray(model.A))
+    # the default budget: 1000 steps per level, 20 000 at the last
+    assert rsnjax.default_steps(3) == [1000, 1000, 20_000]
+    assert rsnjax.default_steps(1) == [20_000]
+
+
+@pytest.mark.parametrize("steps, match", [([5, 5], "one int per level"), ([5, 0, 5], "steps_per_level"),
+                                          ([[5, 5, 5]], "one int per level"), ([5, 2.5, 5], "steps_per_level")])
+def test_per_level_steps_bad_input(steps, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        rsnjax.fit(ScoreNetwork(1, 8, key=jax.random.key(0)), np.zeros((64, 1)), sigmas=[0.5, 0.2, 0.1],
+                   steps_per_level=steps, batch_size=16, key=jax.random.key(0), progress=False)

@@ -359,7 +359,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
     fig.axes[0].set_title(f"all chains start at x₀ = {tuple(float(v) for v in x_start)}; "
                           f"accelerated: S = skew_symmetric(2, scale={config['skew_scale']:g})", fontsize=8)
     figures["w1_vs_time"] = plotting.save_figure(fig, out_dir / "w1_vs_time", formats=formats, dpi=config["figure_dpi"])
-    fig = plotting.plot_loss_curves(histories, steps_per_level=config["steps_per_level"], sigmas=sigmas)
+    fig = plotting.plot_loss_curves(histories, sigmas=sigmas)
     figures["loss"] = plotting.save_figure(fig, out_dir / "loss", formats=formats, dpi=config["figure_dpi"])
     return finish_run(out_dir, results, figures, watch, lambda r: comparison_table(r, config))
 
