@@ -46,6 +46,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._validation import check_int, check_positive
+from .conditional import ConditionalSamplerOnly
 from .networks import SamplerOnly, get_activation
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
 
@@ -72,6 +73,7 @@ class _Recorder(eqx.Module):
 
     rate_w: Float[Array, "k dim"] | None  # rows of the rate's input weights for the recorded neurons
     rate_b: Float[Array, " k"] | None
+    rate_c: Float[Array, "k cond_dim"] | None  # their input weights, for a circuit driven by inputs
     out_w: Float[Array, "dim hidden"] | None  # W_out, for the private noise's projection
     pinv_k: Float[Array, "k dim"] | None  # A⁺ rows of the recorded neurons
     private_root: Any
@@ -116,13 +118,14 @@ class RecordingPlan(NamedTuple):
         idx = self.neurons
         slots = -(-len(self.chains) // num_blocks)
         cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
-        rate_w = rate_b = out_w = pinv_k = None
+        rate_w = rate_b = rate_c = out_w = pinv_k = None
         rate_kind = None
         if self.kind == "reservoir":
             res = self.model
             activation, tau = res.activation, res.tau
             if self.rates:
                 rate_w, rate_b, rate_kind = res.W_in[idx], res.I[idx], "input"
+                rate_c = None if res.W_cond is None else res.W_cond[idx]
             if self.private_noise is not None:
                 from .reservoir import _pseudo_inverse_full_row_rank
 
@@ -133,11 +136,12 @@ class RecordingPlan(NamedTuple):
             activation, tau = so.activation, 1.0
             if self.rates and so.dynamics == "firing_rate":
                 rate_w, rate_b, rate_kind = so.W[idx], so.b[idx], "input"
+                rate_c = None if getattr(so, "C", None) is None else so.C[idx]
             elif self.rates:
                 rate_kind = "state"
         private_root = (jax.random.fold_in(key, PRIVATE_STREAM) if self.private_noise is not None
                         else None)
-        recorder = _Recorder(cast(rate_w), cast(rate_b), cast(out_w), cast(pinv_k), private_root,
+        recorder = _Recorder(cast(rate_w), cast(rate_b), cast(rate_c), cast(out_w), cast(pinv_k), private_root,
                              tuple(int(i) for i in idx), slots, self.every, rate_kind, activation,
                              self.private_noise, float(tau))
         return RecordingSDE(stepper, recorder)
@@ -204,18 +208,24 @@ def plan_recording(model, sde: CircuitSDE, *, record_every, record_neurons, reco
         raise ValueError("recording (`record_every`) needs backend='scan'")
     if not isinstance(record_rates, bool):
         raise TypeError(f"`record_rates` must be a bool, got {record_rates!r}")
+    from ._driven import _DrivenOutput, _DrivenReservoir  # a conditional circuit driven by `inputs`
+
     if isinstance(sde, ReservoirLangevin):
         kind, neural = "reservoir", sde.reservoir
+    elif isinstance(sde, _DrivenReservoir):
+        kind, neural = "reservoir", sde.neurons()
     elif isinstance(sde, OutputLangevin) and isinstance(sde.score_fn, SamplerOnly):
         kind, neural = "sampler-only", sde.score_fn
+    elif isinstance(sde, _DrivenOutput) and isinstance(sde.model, ConditionalSamplerOnly):
+        kind, neural = "sampler-only", sde.model
     else:
-        inner = getattr(sde, "score_fn", model)
+        inner = getattr(sde, "score_fn", getattr(sde, "model", model))
         raise TypeError(
             "recording (`record_every`) needs a circuit with neurons: a ReservoirSampler (its N "
             "reservoir units) or a SamplerOnly circuit (its d units); got "
             f"{type(inner).__name__}. Map a ScoreNetwork onto a circuit with "
             "ReservoirSampler.from_score_network.")
-    size = sde.state_dim
+    size = neural.W_out.shape[1] if kind == "reservoir" else neural.dim
     neurons = np.arange(size) if record_neurons is None else _index_array(record_neurons, "record_neurons", size, "neuron")
     chains = np.arange(num_chains) if record_chains is None else _index_array(record_chains, "record_chains", num_chains, "chain")
     if private_noise is not None:
@@ -275,7 +285,7 @@ def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_
 
     def record(carry):
         state, _, p = carry
-        head = jax.tree_util.tree_map(lambda a: a[:m], state)
+        head = jax.tree_util.tree_map(lambda a: a[:m] if a.ndim else a, state)  # (a driven loop's step count)
         r = inner.state_from_loop(head)[:, idx]
         if private:
             r = r + p
@@ -283,7 +293,13 @@ def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_
             return r
         phi = get_activation(rec.activation)
         x = inner.loop_readout(head)
-        rates = phi(x @ rec.rate_w.T + rec.rate_b) if rec.rate_kind == "input" else phi(x[:, idx])
+        if rec.rate_kind == "input":
+            current = x @ rec.rate_w.T + rec.rate_b
+            if rec.rate_c is not None:  # driven by inputs: the input in force now
+                current = current + inner.loop_input(head) @ rec.rate_c.T
+            rates = phi(current)
+        else:
+            rates = phi(x[:, idx])
         return jnp.concatenate([r, rates], axis=-1)
 
     def readout(carry):
