@@ -560,6 +560,8 @@ def sample(
             lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
             mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P()), out_specs=out_specs, check_vma=False)
         runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
+    if recording is not None:  # the recorded chains are picked out inside the compiled program
+        runner = recording.gathering(runner, num_blocks)
     sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
     args = (sde_arrays, state0, chain_ids, k_chains)
     cache_key = _compile_cache_key(
@@ -583,7 +585,7 @@ def sample(
     samples, traj, final, bad = outputs[:4]
     activity = rates = None
     if recording is not None:
-        activity, rates = recording.gather(outputs[4], num_blocks)
+        activity, rates = outputs[4]
         inverse = np.argsort(order)
         samples, bad = samples[inverse], bad[inverse]
         traj = traj[:, inverse] if num_saved else traj
