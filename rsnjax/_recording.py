@@ -225,7 +225,10 @@ def plan_recording(model, sde: CircuitSDE, *, record_every, record_neurons, reco
     if save_every is not None and save_every % every and every % save_every:
         raise ValueError(f"`record_every` ({every}) and `save_every` ({save_every}) must divide one another")
     if backend != "scan":
-        raise ValueError("recording (`record_every`) needs backend='scan'")
+        raise ValueError("recording (`record_every`) needs backend='scan', got backend="
+                         f"{backend!r}: the diffrax backend is a cross-check of the readout path (the "
+                         "same SDE and noise, the same samples up to rounding); record the same run "
+                         "with backend='scan'")
     if not isinstance(record_rates, bool):
         raise TypeError(f"`record_rates` must be a bool, got {record_rates!r}")
     from ._driven import _DrivenOutput, _DrivenReservoir  # a conditional circuit driven by `inputs`
