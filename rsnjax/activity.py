@@ -19,6 +19,7 @@ Every function takes recorded activity laid out as trials × time × neurons,
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import NamedTuple
 
@@ -228,15 +229,28 @@ class VariabilityTimecourse(NamedTuple):
     start: jax.Array
 
 
+def _window_sums(x, window, step, axis):
+    """Sums of `window` consecutive entries along `axis`, windows starting every `step`: sums
+    over blocks of g = gcd(window, step) entries, then window/g consecutive blocks (no
+    (…, windows, window, …) intermediate, no long cumulative sums)."""
+    g = math.gcd(window, step)
+    t = x.shape[axis]
+    num = (t - window) // step + 1
+    nb = t // g
+    x = jnp.moveaxis(x, axis, 0)
+    blocks = x[: nb * g].reshape((nb, g) + x.shape[1:]).sum(axis=1)
+    stride = step // g
+    out = sum(blocks[q: q + (num - 1) * stride + 1: stride] for q in range(window // g))
+    return jnp.moveaxis(out, 0, axis)
+
+
 @partial(jax.jit, static_argnames=("window", "step"))
 def _timecourse(a, window, step, dt):
     c, t, k = a.shape
     starts = jnp.arange(0, t - window + 1, step)
-    idx = starts[:, None] + jnp.arange(window)[None, :]  # (W, window)
-    w = a[:, idx]  # (chains, W, window, neurons)
-    mean = w.mean(axis=(0, 2, 3))
-    variance = w.var(axis=0, ddof=1).mean(axis=(1, 2))
-    counts = w.sum(axis=2) * dt  # (chains, W, neurons)
+    mean = _window_sums(a.mean(axis=(0, 2)), window, step, 0) / window
+    variance = _window_sums(a.var(axis=0, ddof=1).mean(axis=1), window, step, 0) / window
+    counts = _window_sums(a, window, step, 1) * dt  # (chains, windows, neurons)
     m = counts.mean(axis=0)
     ff = jnp.where(m > 0, counts.var(axis=0, ddof=1) / jnp.where(m > 0, m, 1.0), jnp.nan)
     return mean, variance, jnp.nanmean(ff, axis=1), starts
