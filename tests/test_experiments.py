@@ -226,6 +226,7 @@ def test_neural_variability_tiny(tmp_path):
         assert len(m["autocorrelation_median"]) == config["max_lag"] + 1
 
 
+@pytest.mark.slow
 def test_quenching_tiny(tmp_path):
     out = tmp_path / "q"
     result = ex.run("quenching", preset="tiny", out_dir=out)
