@@ -4,7 +4,10 @@ arguments).
 What is recorded: every ``record_every`` steps after burn-in, the state of the chosen neurons
 (r for a `ReservoirSampler`'s N reservoir units, x for a `SamplerOnly` circuit's d units) in the
 chosen chains, and on request their rates: φ(W_rec r + I) = φ(W_in x + I) for a reservoir (through
-the rank-d factors, W_rec is never formed), φ(W x + b) for SO-FR, φ(x) for SO-SC.
+the rank-d factors, W_rec is never formed), φ(W x + b) for SO-FR, φ(x) for SO-SC. A conditional
+circuit driven by ``inputs`` (`rsnjax._driven`) is recorded the same way; its rates add the input
+current of the input in force at the record (W_cond c_t, C c_t for SO-FR), read from the driven
+loop's state (`_Driven.loop_input`).
 
 Memory. `sample` simulates chains in G blocks of equal size (over all devices). The recorded
 chains are placed in the first slots of the blocks, M = ⌈R / G⌉ per block (chain j of
