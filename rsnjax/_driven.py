@@ -107,6 +107,12 @@ class _Driven(CircuitSDE):
     def loop_readout(self, loop_state):
         return self._inner_loop_readout(loop_state[0])
 
+    def loop_input(self, loop_state):
+        """``(batch, cond_dim)``: the input in force at the loop's step count (the one the next
+        step uses); `rsnjax._recording` computes recorded rates with it."""
+        _, inputs, t = loop_state
+        return self._segment_input(inputs, t)
+
     def state_from_loop(self, loop_state):
         inner, inputs, _ = loop_state
         r = self._inner_state_from_loop(inner)
@@ -171,6 +177,18 @@ class _DrivenReservoir(_Driven):
 
     def readout_inner(self, state):
         return self.circuit.readout(state)
+
+    def neurons(self):
+        """The reservoir's weights as `rsnjax._recording` reads them (W_out, W_in, I, W_cond,
+        activation, τ), from the stepper's rows (or the `ReservoirLangevin`'s reservoir)."""
+        if isinstance(self.circuit, ReservoirLangevin):
+            res = self.circuit.reservoir
+            w_out, w_in, activation, tau = res.W_out, res.W_in, res.activation, res.tau
+        else:
+            step = self.circuit
+            w_out, w_in, activation, tau = step.W_out, step.in_rows.T, step.activation, step.tau
+        return types.SimpleNamespace(W_out=w_out, W_in=w_in, I=self.I, W_cond=self.W_cond,
+                                     activation=activation, tau=tau, hidden=w_out.shape[1])
 
     def _inner_drift(self, r, c):
         return self._with_input(c).drift(r)

@@ -4,21 +4,26 @@ arguments).
 What is recorded: every ``record_every`` steps after burn-in, the state of the chosen neurons
 (r for a `ReservoirSampler`'s N reservoir units, x for a `SamplerOnly` circuit's d units) in the
 chosen chains, and on request their rates: φ(W_rec r + I) = φ(W_in x + I) for a reservoir (through
-the rank-d factors, W_rec is never formed), φ(W x + b) for SO-FR, φ(x) for SO-SC.
+the rank-d factors, W_rec is never formed), φ(W x + b) for SO-FR, φ(x) for SO-SC. A conditional
+circuit driven by ``inputs`` (`rsnjax._driven`) is recorded the same way; its rates add the input
+current of the input in force at the record (W_cond c_t, C c_t for SO-FR), read from the driven
+loop's state (`_Driven.loop_input`).
 
 Memory. `sample` simulates chains in G blocks of equal size (over all devices). The recorded
-chains are placed round-robin over the blocks (chain j of ``record_chains`` in block j mod G, slot
-⌊j / G⌋; chains are independent, so where a chain is simulated does not change its law, and its
-noise is a function of its index only), and each block's scan carries out only its first
-M = ⌈R / G⌉ slots of the chosen neurons. The recording therefore stores
+chains are placed in the first slots of the blocks, M = ⌈R / G⌉ per block (chain j of
+``record_chains`` in block ⌊j / M⌋, slot j mod M; chains are independent, so where a chain is
+simulated does not change its law, and its noise is a function of its index only), and each
+block's scan carries out only its first M slots of the chosen neurons. The recording therefore stores
 
     G · M · num_records · K · itemsize  ≤  (R + G − 1) · num_records · K · itemsize
 
 bytes (R recorded chains, K recorded neurons, K doubled with ``record_rates``), never the full
-(num_chains, N) state trajectory; `recording_bytes` computes the bound. The process's peak memory
-grows by about 3.5 times that (the blocks' scan outputs, their stack and the gathered result
-coexist briefly) plus some tens of MB for the compiled program: `benchmarks/recording_memory.py`
-measures it (e.g. +325 MiB for a 98 MiB recording, against 781 MiB for the full trajectory).
+(num_chains, N) state trajectory; `recording_bytes` computes the bound. The blocks' records are
+stacked as ``(G, M, num_records, K)`` and the recorded chains picked out inside the compiled
+program by a reshape (no copy) and a cut at R (a copy unless R = G·M), so the process's peak
+memory grows by about 1.3–1.6 times the stored bytes plus some tens of MB for the compiled program:
+`benchmarks/recording_memory.py` measures it (e.g. +135 MiB for a 98 MiB recording, against
+781 MiB for the full trajectory; it was 3.2–3.6 times when the chains were gathered on the host).
 
 Private noise (``private_noise = s``, reservoirs only). The reservoir SDE gets a second noise
 term in the null space of W_out = A:
@@ -46,6 +51,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._validation import check_int, check_positive
+from .conditional import ConditionalSamplerOnly
 from .networks import SamplerOnly, get_activation
 from .sde import CircuitSDE, OutputLangevin, ReservoirLangevin
 
@@ -72,10 +78,12 @@ class _Recorder(eqx.Module):
 
     rate_w: Float[Array, "k dim"] | None  # rows of the rate's input weights for the recorded neurons
     rate_b: Float[Array, " k"] | None
+    rate_c: Float[Array, "k cond_dim"] | None  # their input weights, for a circuit driven by inputs
     out_w: Float[Array, "dim hidden"] | None  # W_out, for the private noise's projection
     pinv_k: Float[Array, "k dim"] | None  # A⁺ rows of the recorded neurons
     private_root: Any
     neurons: tuple[int, ...] = eqx.field(static=True)
+    num_recorded: int = eqx.field(static=True)  # R: it shapes the compiled program's output
     slots: int = eqx.field(static=True)
     every: int = eqx.field(static=True)
     rate_kind: str | None = eqx.field(static=True)  # "input" φ(x W.T + b), "state" φ(x), or None
@@ -116,13 +124,14 @@ class RecordingPlan(NamedTuple):
         idx = self.neurons
         slots = -(-len(self.chains) // num_blocks)
         cast = lambda a: None if a is None else jnp.asarray(a, dtype)  # noqa: E731
-        rate_w = rate_b = out_w = pinv_k = None
+        rate_w = rate_b = rate_c = out_w = pinv_k = None
         rate_kind = None
         if self.kind == "reservoir":
             res = self.model
             activation, tau = res.activation, res.tau
             if self.rates:
                 rate_w, rate_b, rate_kind = res.W_in[idx], res.I[idx], "input"
+                rate_c = None if res.W_cond is None else res.W_cond[idx]
             if self.private_noise is not None:
                 from .reservoir import _pseudo_inverse_full_row_rank
 
@@ -133,33 +142,51 @@ class RecordingPlan(NamedTuple):
             activation, tau = so.activation, 1.0
             if self.rates and so.dynamics == "firing_rate":
                 rate_w, rate_b, rate_kind = so.W[idx], so.b[idx], "input"
+                rate_c = None if getattr(so, "C", None) is None else so.C[idx]
             elif self.rates:
                 rate_kind = "state"
         private_root = (jax.random.fold_in(key, PRIVATE_STREAM) if self.private_noise is not None
                         else None)
-        recorder = _Recorder(cast(rate_w), cast(rate_b), cast(out_w), cast(pinv_k), private_root,
-                             tuple(int(i) for i in idx), slots, self.every, rate_kind, activation,
+        recorder = _Recorder(cast(rate_w), cast(rate_b), cast(rate_c), cast(out_w), cast(pinv_k), private_root,
+                             tuple(int(i) for i in idx), len(self.chains), slots, self.every, rate_kind, activation,
                              self.private_noise, float(tau))
         return RecordingSDE(stepper, recorder)
 
     def layout(self, padded: int, num_blocks: int) -> np.ndarray:
         """``order`` ``(padded,)``: the chain simulated at each position (positions block-major),
-        with recorded chain j at block j mod G, slot ⌊j/G⌋ and the others in their order."""
+        with recorded chain j at block ⌊j/M⌋, slot j mod M (M = ⌈R/G⌉) and the others in their order."""
         block = padded // num_blocks
+        slots = -(-len(self.chains) // num_blocks)
         order = np.full(padded, -1, np.int64)
         j = np.arange(len(self.chains))
-        order[(j % num_blocks) * block + j // num_blocks] = self.chains
+        order[(j // slots) * block + j % slots] = self.chains
         rest = np.setdiff1d(np.arange(padded), self.chains, assume_unique=True)
         order[order < 0] = rest
         return order
 
     def gather(self, records, num_blocks: int):
         """``(activity, rates)``, each ``(R, num_records, K)`` (rates None unless asked), from
-        the blocks' records ``(G, num_records, M, K or 2K)``."""
-        j = np.arange(len(self.chains))
-        picked = records[j % num_blocks, :, j // num_blocks]  # (R, num_records, ·): advanced axes first
-        k = len(self.neurons)
-        return picked[..., :k], (picked[..., k:] if self.rates else None)
+        the blocks' records, a tuple of one or two ``(G, M, num_records, K)`` (inside the
+        compiled program: the result is then its output, with no copy on the host). Position
+        (block g, slot m) holds recorded chain g·M + m, so the chains in order are the records
+        with the block and slot axes flattened (no copy), cut at R."""
+        r = len(self.chains)
+
+        def pick(a):
+            g, m, t, k = a.shape
+            return a.reshape(g * m, t, k)[:r]
+
+        activity = pick(records[0])
+        return activity, (pick(records[1]) if self.rates else None)
+
+    def gathering(self, runner, num_blocks: int):
+        """``runner`` (see `rsnjax.sampling`) with its last output, the blocks' records, replaced
+        by ``(activity, rates)`` (`gather`), for use inside the compiled program."""
+        def run(*args):
+            *outputs, records = runner(*args)
+            return (*outputs, self.gather(records, num_blocks))
+
+        return run
 
 
 def _index_array(value, name: str, size: int, what: str) -> np.ndarray:
@@ -201,21 +228,30 @@ def plan_recording(model, sde: CircuitSDE, *, record_every, record_neurons, reco
     if save_every is not None and save_every % every and every % save_every:
         raise ValueError(f"`record_every` ({every}) and `save_every` ({save_every}) must divide one another")
     if backend != "scan":
-        raise ValueError("recording (`record_every`) needs backend='scan'")
+        raise ValueError("recording (`record_every`) needs backend='scan', got backend="
+                         f"{backend!r}: the diffrax backend is a cross-check of the readout path (the "
+                         "same SDE and noise, the same samples up to rounding); record the same run "
+                         "with backend='scan'")
     if not isinstance(record_rates, bool):
         raise TypeError(f"`record_rates` must be a bool, got {record_rates!r}")
+    from ._driven import _DrivenOutput, _DrivenReservoir  # a conditional circuit driven by `inputs`
+
     if isinstance(sde, ReservoirLangevin):
         kind, neural = "reservoir", sde.reservoir
+    elif isinstance(sde, _DrivenReservoir):
+        kind, neural = "reservoir", sde.neurons()
     elif isinstance(sde, OutputLangevin) and isinstance(sde.score_fn, SamplerOnly):
         kind, neural = "sampler-only", sde.score_fn
+    elif isinstance(sde, _DrivenOutput) and isinstance(sde.model, ConditionalSamplerOnly):
+        kind, neural = "sampler-only", sde.model
     else:
-        inner = getattr(sde, "score_fn", model)
+        inner = getattr(sde, "score_fn", getattr(sde, "model", model))
         raise TypeError(
             "recording (`record_every`) needs a circuit with neurons: a ReservoirSampler (its N "
             "reservoir units) or a SamplerOnly circuit (its d units); got "
             f"{type(inner).__name__}. Map a ScoreNetwork onto a circuit with "
             "ReservoirSampler.from_score_network.")
-    size = sde.state_dim
+    size = neural.W_out.shape[1] if kind == "reservoir" else neural.dim
     neurons = np.arange(size) if record_neurons is None else _index_array(record_neurons, "record_neurons", size, "neuron")
     chains = np.arange(num_chains) if record_chains is None else _index_array(record_chains, "record_chains", num_chains, "chain")
     if private_noise is not None:
@@ -275,16 +311,22 @@ def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_
 
     def record(carry):
         state, _, p = carry
-        head = jax.tree_util.tree_map(lambda a: a[:m], state)
+        head = jax.tree_util.tree_map(lambda a: a[:m] if a.ndim else a, state)  # (a driven loop's step count)
         r = inner.state_from_loop(head)[:, idx]
         if private:
             r = r + p
         if rec.rate_kind is None:
-            return r
+            return (r,)
         phi = get_activation(rec.activation)
         x = inner.loop_readout(head)
-        rates = phi(x @ rec.rate_w.T + rec.rate_b) if rec.rate_kind == "input" else phi(x[:, idx])
-        return jnp.concatenate([r, rates], axis=-1)
+        if rec.rate_kind == "input":
+            current = x @ rec.rate_w.T + rec.rate_b
+            if rec.rate_c is not None:  # driven by inputs: the input in force now
+                current = current + inner.loop_input(head) @ rec.rate_c.T
+            rates = phi(current)
+        else:
+            rates = phi(x[:, idx])
+        return r, rates
 
     def readout(carry):
         return inner.loop_readout(carry[0])
@@ -311,9 +353,10 @@ def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_
             once = readout(c) if records_inner else record(c)
             return c, (many, once) if records_inner else (once, many)
         carry, (records, traj) = jax.lax.scan(segment, carry, jnp.arange(num_steps // outer, dtype=jnp.uint32))
-        flat = lambda a: a.reshape((-1,) + a.shape[2:])  # noqa: E731
+        flat = lambda a: jax.tree_util.tree_map(lambda b: b.reshape((-1,) + b.shape[2:]), a)  # noqa: E731
         records = flat(records) if records_inner else records
         traj = traj if records_inner else flat(traj)
     if traj is None:
         traj = jnp.zeros((0,), dtype)
+    records = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 1, 0), records)  # (M, num_records, K)
     return (inner.state_from_loop(carry[0]), carry[1]), traj, inner.loop_readout(carry[0]), records

@@ -13,18 +13,23 @@ Every function takes recorded activity laid out as trials × time × neurons,
   counts), averaged over time; `pairwise` picks its off-diagonal entries.
 - `autocorrelation`, `autocorrelation_time`: the autocorrelation function and its integral.
 - `participation_ratio`: the dimensionality (Σλ)²/Σλ² of the activity's covariance.
+- `variability_timecourse`: per window of time, the mean, the across-trial variance and the
+  Fano factor (e.g. before and after a stimulus onset: variability quenching).
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 __all__ = ["mean_and_variance", "window_counts", "fano_factor", "noise_correlations", "pairwise",
-           "autocorrelation", "autocorrelation_time", "participation_ratio", "covariance"]
+           "autocorrelation", "autocorrelation_time", "participation_ratio", "covariance",
+           "variability_timecourse", "VariabilityTimecourse"]
 
 
 def _check(activity, name: str = "activity") -> jax.Array:
@@ -205,3 +210,79 @@ def participation_ratio(activity: Float[Array, "chains records neurons"]) -> jax
     number of neurons when all carry the same)."""
     c = covariance(activity)
     return jnp.trace(c) ** 2 / jnp.sum(c * c)
+
+
+class VariabilityTimecourse(NamedTuple):
+    """What `variability_timecourse` returns; every field is ``(num_windows,)``, averaged over
+    neurons (``fano`` over the neurons where it is defined).
+
+    - ``mean``: the activity's mean over trials, the window's records and neurons.
+    - ``variance``: the across-trial variance at fixed time, averaged over the window's records.
+    - ``fano``: the Fano factor Var(Λ)/E(Λ) across trials of the window count Λ = Σ activity·dt
+      (+1 with ``spiking=True``), as `fano_factor`.
+    - ``start``: the index of each window's first record.
+    """
+
+    mean: jax.Array
+    variance: jax.Array
+    fano: jax.Array
+    start: jax.Array
+
+
+def _window_sums(x, window, step, axis):
+    """Sums of `window` consecutive entries along `axis`, windows starting every `step`: sums
+    over blocks of g = gcd(window, step) entries, then window/g consecutive blocks (no
+    (…, windows, window, …) intermediate, no long cumulative sums)."""
+    g = math.gcd(window, step)
+    t = x.shape[axis]
+    num = (t - window) // step + 1
+    nb = t // g
+    x = jnp.moveaxis(x, axis, 0)
+    blocks = x[: nb * g].reshape((nb, g) + x.shape[1:]).sum(axis=1)
+    stride = step // g
+    out = sum(blocks[q: q + (num - 1) * stride + 1: stride] for q in range(window // g))
+    return jnp.moveaxis(out, 0, axis)
+
+
+@partial(jax.jit, static_argnames=("window", "step"))
+def _timecourse(a, window, step, dt):
+    c, t, k = a.shape
+    starts = jnp.arange(0, t - window + 1, step)
+    mean = _window_sums(a.mean(axis=(0, 2)), window, step, 0) / window
+    variance = _window_sums(a.var(axis=0, ddof=1).mean(axis=1), window, step, 0) / window
+    counts = _window_sums(a, window, step, 1) * dt  # (chains, windows, neurons)
+    m = counts.mean(axis=0)
+    ff = jnp.where(m > 0, counts.var(axis=0, ddof=1) / jnp.where(m > 0, m, 1.0), jnp.nan)
+    return mean, variance, jnp.nanmean(ff, axis=1), starts
+
+
+def variability_timecourse(activity: Float[Array, "chains records neurons"], window: int, *,
+                           step: int | None = None, dt: float = 1.0,
+                           spiking: bool = False) -> VariabilityTimecourse:
+    """How variable the activity is across trials, window by window: the quantities whose drop
+    at stimulus onset is called variability quenching (Churchland et al. 2010). Record the
+    trials with the stimulus switched on at a known step (``sample(..., inputs=...,
+    switch_steps=...)``) and compare the windows before and after it.
+
+    **Arguments:**
+
+    - `activity`: ``(num_chains, num_records, num_neurons)``, trials × time × neurons (rates,
+      non-negative, for a meaningful Fano factor). At least 2 chains.
+    - `window`: records per window.
+    - `step`: records between the starts of successive windows (default `window`: adjacent,
+      non-overlapping windows; smaller: sliding windows). A trailing partial window is dropped.
+    - `dt`: time between records (the count Λ is Σ activity·dt).
+    - `spiking`: the Fano factor of Poisson spike counts driven by the rates, 1 + Var Λ / E Λ.
+
+    **Returns:** a `VariabilityTimecourse` of ``(num_windows,)`` arrays ``mean``, ``variance``
+    (across chains at fixed time, averaged over the window's records and the neurons),
+    ``fano`` (the mean over neurons of Var Λ / E Λ; neurons with E Λ ≤ 0 are left out, NaN when
+    none is left) and ``start`` (each window's first record).
+    """
+    a = _check(activity)
+    if a.shape[0] < 2:
+        raise ValueError(f"`activity` needs at least 2 chains (trials) for a variance, got {a.shape[0]}")
+    window = _check_count(window, "window", a.shape[1], "records per window")
+    step = window if step is None else _check_count(step, "step", a.shape[1], "records between windows")
+    mean, variance, fano, start = _timecourse(a, window, step, dt)
+    return VariabilityTimecourse(mean, variance, fano + 1.0 if spiking else fano, start)

@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a named experiment of the paper with rsnjax.experiments.run.",
         epilog="example:\n  rsnjax reproduce double-peak --preset quick --out results/dp")
     p.add_argument("name", nargs="?", type=_text, default=None,
-                   help="experiment name (double-peak, laplace-x, mnist, posterior, neural-variability)")
+                   help="experiment name (double-peak, laplace-x, mnist, posterior, neural-variability, quenching)")
     p.add_argument("--preset", type=_text, default="quick",
                    help="quick: about a minute on 2 CPU cores; paper: the paper's sizes (tiny: "
                         "seconds, for tests)")

@@ -463,7 +463,8 @@ def sample(
       Record i is the state after step ``burn_in + (i + 1)·record_every``, as trajectory entries are.
     - `record_neurons`: 1-D integer indices of the neurons to record (default: all).
     - `record_chains`: 1-D integer indices of the chains to record (default: all).
-    - `record_rates`: also record the neurons' rates (see ``SampleResult.rates``).
+    - `record_rates`: also record the neurons' rates (see ``SampleResult.rates``; with `inputs`, the
+      input current W_cond c of the input in force at the record is included).
     - `private_noise`: s ≥ 0, reservoirs only: give every reservoir neuron independent noise in
       the null space of W_out, σ_r = √(2/τ)·[A⁺, s(I − A⁺A)] (stationary variance s²(1 − (A⁺A)ᵢᵢ)
       per neuron), from its own random stream: the readouts are bit-identical with and without it
@@ -479,13 +480,7 @@ def sample(
     ``rates`` ``(num_recorded_chains, num_records, num_recorded_neurons)`` or None, ...
     """
     if inputs is not None or switch_steps is not None:  # a conditional model driven by inputs
-        if record_every is not None or private_noise is not None:
-            raise ValueError("recording activity (`record_every`, `private_noise`) is not supported together "
-                             "with `inputs` yet: sample the circuit conditioned on a fixed input instead "
-                             "(`ConditionalScoreNetwork.conditioned(c)` mapped to a reservoir)")
-        recording = ("record_every", "record_neurons", "record_chains", "record_rates", "private_noise")
-        settings = {k: v for k, v in locals().items()
-                    if k not in ("model", "inputs", "switch_steps", "recording") + recording}
+        settings = {k: v for k, v in locals().items() if k not in ("model", "inputs", "switch_steps")}
         from ._driven import sample_with_inputs
 
         return sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)
@@ -565,6 +560,8 @@ def sample(
             lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
             mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P()), out_specs=out_specs, check_vma=False)
         runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
+    if recording is not None:  # the recorded chains are picked out inside the compiled program
+        runner = recording.gathering(runner, num_blocks)
     sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
     args = (sde_arrays, state0, chain_ids, k_chains)
     cache_key = _compile_cache_key(
@@ -588,7 +585,7 @@ def sample(
     samples, traj, final, bad = outputs[:4]
     activity = rates = None
     if recording is not None:
-        activity, rates = recording.gather(outputs[4], num_blocks)
+        activity, rates = outputs[4]
         inverse = np.argsort(order)
         samples, bad = samples[inverse], bad[inverse]
         traj = traj[:, inverse] if num_saved else traj

@@ -139,3 +139,71 @@ def test_the_functions_are_jittable(population):
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+# --- variability timecourse: an OU population whose mean and variance change at a known record ---
+
+def _switching_ou(seed, chains=2000, records=120, neurons=10, onset=60, phi=PHI, mus=(3.0, 5.0), vs=(1.0, 0.25)):
+    """Independent OU neurons, stationary at (μ₁, v₁), whose target switches to (μ₂, v₂) from
+    record `onset` on (exact transitions): x' = μ + φ(x − μ) + √((1 − φ²) v) ξ. Returns the
+    activity and the exact mean m_n, variance v_n of every record (Cov(x_n, x_m) = φ^(m−n) v_n, n ≤ m)."""
+    rng = np.random.default_rng(seed)
+    x = mus[0] + math.sqrt(vs[0]) * rng.standard_normal((chains, neurons))
+    out = np.empty((chains, records, neurons))
+    m, v = np.empty(records), np.empty(records)
+    mn, vn = mus[0], vs[0]
+    for t in range(records):
+        out[:, t], m[t], v[t] = x, mn, vn
+        seg = int(t + 1 >= onset)  # the transition into record t + 1
+        x = mus[seg] + phi * (x - mus[seg]) + math.sqrt((1 - phi**2) * vs[seg]) * rng.standard_normal(x.shape)
+        mn, vn = mus[seg] + phi * (mn - mus[seg]), phi**2 * vn + (1 - phi**2) * vs[seg]
+    return out.astype(np.float32), m, v
+
+
+def _window_truth(m, v, window, starts, dt, phi=PHI):
+    means, variances, fanos, var_counts, e_counts = [], [], [], [], []
+    for s in starts:
+        idx = np.arange(s, s + window)
+        lag = np.abs(idx[:, None] - idx[None, :])
+        cov = phi**lag * v[np.minimum(idx[:, None], idx[None, :])]
+        e_count, var_count = dt * m[idx].sum(), dt**2 * cov.sum()
+        means.append(m[idx].mean())
+        variances.append(v[idx].mean())
+        fanos.append(var_count / e_count)
+        var_counts.append(var_count)
+        e_counts.append(e_count)
+    return tuple(np.array(a) for a in (means, variances, fanos, var_counts, e_counts))
+
+
+@pytest.mark.parametrize("step", [None, 10])
+def test_variability_timecourse_of_an_ou_population_with_a_switch(step):
+    act, m, v = _switching_ou(5)
+    chains, records, neurons = act.shape
+    window, dt = 20, 0.5
+    out = activity.variability_timecourse(act, window, step=step, dt=dt)
+    starts = np.arange(0, records - window + 1, step or window)
+    np.testing.assert_array_equal(out.start, starts)
+    mean, var, fano, var_count, e_count = _window_truth(m, v, window, starts, dt)
+    assert out.variance.shape == out.fano.shape == out.mean.shape == (len(starts),)
+    np.testing.assert_array_less(np.abs(np.asarray(out.mean) - mean), 5 * math.sqrt(1.0 / (chains * neurons)))
+    np.testing.assert_array_less(np.abs(np.asarray(out.variance) - var), 5 * 1.0 * math.sqrt(2 / (chains * neurons)))
+    # relative standard errors of Var Λ (√(2/n), Gaussian counts) and of E Λ (√(Var Λ/n)/E Λ), n = R·K
+    n = chains * neurons
+    tol = 5 * fano * (math.sqrt(2 / n) + np.sqrt(var_count / n) / e_count)
+    np.testing.assert_array_less(np.abs(np.asarray(out.fano) - fano), tol)
+    # the windows before the onset are 4× as variable as those well after it (v₁ = 1, v₂ = 0.25)
+    assert out.variance[0] > 3 * out.variance[-1]
+    spiking = activity.variability_timecourse(act, window, step=step, dt=dt, spiking=True)
+    np.testing.assert_allclose(spiking.fano, np.asarray(out.fano) + 1, rtol=1e-6)
+
+
+def test_variability_timecourse_errors():
+    act = np.ones((3, 10, 2), np.float32)
+    with pytest.raises(ValueError, match="window"):
+        activity.variability_timecourse(act, 11)
+    with pytest.raises(ValueError, match="step"):
+        activity.variability_timecourse(act, 2, step=0)
+    with pytest.raises(ValueError, match="2 chains"):
+        activity.variability_timecourse(act[:1], 2)
+    with pytest.raises(ValueError, match="num_chains, num_records, num_neurons"):
+        activity.variability_timecourse(act[0], 2)

@@ -259,16 +259,3 @@ def test_checkpoint_round_trip_of_conditional_models(tmp_path, which):
     assert type(loaded) is type(model) and ckpt.model_spec(loaded) == ckpt.model_spec(model)
     for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(model)):
         np.testing.assert_array_equal(a, b)
-
-
-def test_recording_with_inputs_is_refused_clearly():
-    import rsnjax
-
-    net = rsnjax.ConditionalScoreNetwork(2, 1, 8, key=jax.random.key(0))
-    circuit = rsnjax.ReservoirSampler.from_score_network(net)
-    with pytest.raises(ValueError, match="record_every"):
-        rsnjax.sample(circuit, key=jax.random.key(1), num_chains=4, num_steps=10, step_size=1e-2,
-                      inputs=jnp.zeros(1), record_every=5)
-    # without recording, the same call runs (the recording options are not passed on)
-    out = rsnjax.sample(circuit, key=jax.random.key(1), num_chains=4, num_steps=10, step_size=1e-2, inputs=jnp.zeros(1))
-    assert out.samples.shape == (4, 2)

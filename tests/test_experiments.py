@@ -224,3 +224,21 @@ def test_neural_variability_tiny(tmp_path):
     for m in numbers["models"].values():
         assert m["fano_median"] >= 1.0  # Poisson spikes: 1 + Var(Λ)/E(Λ)
         assert len(m["autocorrelation_median"]) == config["max_lag"] + 1
+
+
+@pytest.mark.slow
+def test_quenching_tiny(tmp_path):
+    out = tmp_path / "q"
+    result = ex.run("quenching", preset="tiny", out_dir=out)
+    numbers = _check_outputs(result, out, ["quenching"])
+    plain, private = numbers["models"]["RSN"], numbers["models"]["RSN + private noise"]
+    assert "| RSN + private noise |" in result["table"] and "→" in result["table"]
+    assert numbers["exact"]["post_variance"] == pytest.approx(0.2)
+    # the private noise leaves the readout bit-identical and adds variance to the neurons
+    assert private["readout_bit_identical"] is True
+    assert private["readout_variance_pre"] == plain["readout_variance_pre"]
+    assert private["variance_pre"] > plain["variance_pre"]
+    for m in numbers["models"].values():
+        assert m["fano_pre"] >= 1.0 and m["fano_late"] >= 1.0  # Poisson spikes: 1 + Var(Λ)/E(Λ)
+        tc = m["timecourse"]
+        assert min(tc["start_ms"]) < 0 < max(tc["start_ms"])  # windows before and after onset

@@ -170,3 +170,85 @@ def test_recording_on_several_devices_agrees_with_one():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=3", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert "SHARDED-OK" in proc.stdout, proc.stderr[-3000:]
+
+
+# --- recording a conditional circuit driven by `inputs` -------------------------------------------
+
+INPUTS = jax.random.normal(jax.random.key(8), (3, 2)) * 2.0
+DRIVEN = dict(KW, burn_in=10, inputs=INPUTS, switch_steps=[20, 45])
+
+
+def _driven_reservoir(hidden=48):
+    net = rsnjax.ConditionalScoreNetwork(2, 2, hidden, key=jax.random.key(0))
+    return rsnjax.ReservoirSampler.from_score_network(net)
+
+
+def _input_at_records(record_every, num_records, burn_in=10, switch=(20, 45)):
+    """The input in force after step burn_in + (i + 1)·record_every: segment #{switch ≤ t}."""
+    t = burn_in + record_every * np.arange(1, num_records + 1)
+    return np.asarray(INPUTS)[(t[:, None] >= np.asarray(switch)).sum(1)]
+
+
+@pytest.mark.parametrize("record_every", [5, 10, 20])
+def test_recording_a_circuit_driven_by_switching_inputs(record_every):
+    res = _driven_reservoir()
+    plain = rsnjax.sample(res, **DRIVEN)
+    out = rsnjax.sample(res, record_every=record_every, record_chains=CHAINS, record_rates=True, block_size=64,
+                        **DRIVEN)
+    np.testing.assert_array_equal(out.samples, plain.samples)
+    np.testing.assert_array_equal(out.trajectory, plain.trajectory)
+    num_records = 60 // record_every
+    assert out.activity.shape == (len(CHAINS), num_records, res.hidden) == out.rates.shape
+    act = np.asarray(out.activity, np.float64)
+    readout = act @ np.asarray(res.W_out, np.float64).T
+    times_rec = record_every * np.arange(1, num_records + 1)
+    common, i_rec, i_traj = np.intersect1d(times_rec, 10 * np.arange(1, 7), return_indices=True)
+    assert len(common) >= 3
+    expected = np.asarray(plain.trajectory, np.float64)[i_traj][:, CHAINS].transpose(1, 0, 2)
+    scale = np.abs(act).max() * np.abs(np.asarray(res.W_out)).sum(1).max()
+    np.testing.assert_allclose(readout[:, i_rec], expected, rtol=0, atol=8 * np.finfo(np.float32).eps * scale)
+    # rates φ(W_rec r + I + W_cond c) with the input in force at each record (it switches twice)
+    c = jnp.broadcast_to(_input_at_records(record_every, num_records), out.activity.shape[:2] + (2,))
+    want = np.asarray(res.rates(out.activity, c))
+    np.testing.assert_allclose(np.asarray(out.rates), want, rtol=1e-5, atol=1e-5)
+    stale = np.asarray(res.rates(out.activity, jnp.broadcast_to(INPUTS[0], c.shape)))
+    assert np.abs(stale - want).max() > 0.1  # the input matters: a rate with the first input is wrong
+
+
+def test_private_noise_with_inputs_leaves_the_readout_path_bit_identical():
+    res = _driven_reservoir()
+    kw = dict(record_every=10, record_chains=CHAINS, **DRIVEN)
+    plain = rsnjax.sample(res, **kw)
+    noisy = rsnjax.sample(res, private_noise=0.7, **kw)
+    np.testing.assert_array_equal(noisy.samples, plain.samples)
+    np.testing.assert_array_equal(noisy.trajectory, plain.trajectory)
+    diff = np.asarray(noisy.activity, np.float64) - np.asarray(plain.activity, np.float64)
+    assert np.abs(diff).mean() > 0.1
+    readout = diff @ np.asarray(res.W_out, np.float64).T
+    assert np.abs(readout).max() < 1e-5 * np.abs(diff).max() * math.sqrt(res.hidden)
+    # it is the same process p as in the circuit without inputs (same W_out, key and chains)
+    bare = rsnjax.ReservoirSampler(res.W_out, res.W_in, res.I, activation=res.activation, tau=res.tau)
+    kw_bare = {k: v for k, v in kw.items() if k not in ("inputs", "switch_steps")}
+    p_bare = (np.asarray(rsnjax.sample(bare, private_noise=0.7, **kw_bare).activity, np.float64)
+              - np.asarray(rsnjax.sample(bare, **kw_bare).activity, np.float64))
+    np.testing.assert_allclose(diff, p_bare, rtol=0, atol=1e-5)
+
+
+def test_conditional_sampler_only_records_with_inputs():
+    for dynamics in ("firing_rate", "synaptic_current"):
+        so = rsnjax.ConditionalSamplerOnly(2, 2, dynamics=dynamics, activation="tanh", key=jax.random.key(1))
+        out = rsnjax.sample(so, record_every=10, record_rates=True, record_chains=[4, 1], **DRIVEN)
+        traj = np.asarray(out.trajectory)[:, [4, 1]].transpose(1, 0, 2)
+        np.testing.assert_array_equal(out.activity, traj)
+        x = jnp.asarray(traj)
+        c = jnp.asarray(_input_at_records(10, 6))[None]
+        want = jnp.tanh(x @ so.W.T + so.b + c @ so.C.T) if dynamics == "firing_rate" else jnp.tanh(x)
+        np.testing.assert_allclose(out.rates, want, rtol=1e-6, atol=1e-6)
+
+
+def test_recording_with_inputs_errors():
+    net = rsnjax.ConditionalScoreNetwork(2, 2, 16, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="ConditionalScoreNetwork.*from_score_network"):
+        rsnjax.sample(net, record_every=10, **DRIVEN)
+    with pytest.raises(ValueError, match=r"record_neurons.*\[0, 48\)"):
+        rsnjax.sample(_driven_reservoir(), record_every=10, record_neurons=[48], **DRIVEN)

@@ -9,7 +9,7 @@ and library versions) and PNG + PDF figures.
 
 Names: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``, ``"posterior"`` (conditional circuits
 sampling posteriors; not in the paper), ``"neural-variability"`` (recorded neural activity; no
-paper figure). Presets: ``"paper"`` (docs/SCIENCE.md §4–§5; ``"full"`` for ``"posterior"``),
+paper figure), ``"quenching"`` (neural variability at a stimulus onset; no paper figure). Presets: ``"paper"`` (docs/SCIENCE.md §4–§5; ``"full"`` for ``"posterior"``),
 ``"quick"`` (about a minute on 2 CPU cores, a few for ``"posterior"``),
 ``"tiny"`` (seconds, for tests). `PRESETS` holds the
 settings of each; the docstring of each module says what its presets change.
@@ -25,14 +25,14 @@ from typing import Any
 
 import jax
 
-from . import double_peak, laplace_x, mnist, neural_variability, posterior
+from . import double_peak, laplace_x, mnist, neural_variability, posterior, quenching
 from ._common import enable_compilation_cache, prepare_out_dir, to_jsonable, versions
 
 __all__ = ["run", "PRESETS", "EXPERIMENTS"]
 
 #: name → module with ``PRESETS`` and ``run(config, out_dir, *, key, progress, data_dir)``.
 EXPERIMENTS = {"double-peak": double_peak, "laplace-x": laplace_x, "mnist": mnist, "posterior": posterior,
-               "neural-variability": neural_variability}
+               "neural-variability": neural_variability, "quenching": quenching}
 
 #: name → preset name → settings dict.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {name: mod.PRESETS for name, mod in EXPERIMENTS.items()}
@@ -53,8 +53,9 @@ def run(
 
     **Arguments:**
 
-    - `name`: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``, ``"posterior"`` or ``"neural-variability"``.
-    - `preset`: ``"paper"`` (``"full"`` for ``"posterior"``), ``"quick"`` or ``"tiny"`` (see `PRESETS`).
+    - `name`: ``"double-peak"``, ``"laplace-x"``, ``"mnist"``, ``"posterior"``, ``"neural-variability"``
+      or ``"quenching"``.
+    - `preset`: ``"paper"`` (``"full"`` for ``"posterior"`` and ``"quenching"``), ``"quick"`` or ``"tiny"`` (see `PRESETS`).
     - `out_dir`: where to write. Default ``results/<name>-<preset>/`` (a fresh ``-2``, ``-3``, ...
       directory when that one already holds files). An explicit directory that holds files needs
       `overwrite`.

@@ -28,8 +28,9 @@ What is recorded (``table.md``, ``metrics.json``, figures):
   distributions (state), the RSN with and without private noise;
 - ``autocorrelation``: the autocorrelation functions (median over neurons).
 
-Not measured here: the change of variability at stimulus onset (variability quenching) needs a
-circuit with a time-varying input, i.e. the conditional RSN.
+Not measured here: the change of variability at stimulus onset (variability quenching), which
+needs a circuit with a time-varying input: see the ``quenching`` experiment
+(`rsnjax.experiments.quenching`).
 """
 
 from __future__ import annotations
