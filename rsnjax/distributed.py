@@ -203,7 +203,8 @@ def put(tree, mesh: Mesh, spec: P = P()):
     def one(a):
         if not isinstance(a, (jax.Array, np.ndarray, np.generic)):
             return a
-        if isinstance(a, jax.Array) and a.sharding == sharding:
+        if isinstance(a, jax.Array) and (not a.is_fully_addressable  # already a global array
+                                         or a.sharding.is_equivalent_to(sharding, a.ndim)):
             return a
         if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             return jax.random.wrap_key_data(one(jax.random.key_data(a)), impl=jax.random.key_impl(a))
@@ -228,3 +229,37 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def global_sample_args(args, mesh: Mesh):
+    """`sample`'s program inputs ``(sde_arrays, state0, chain_ids, chain_root)`` (the same on
+    every process) as global arrays: the circuit and key replicated, the chains split over the
+    mesh's ``"chains"`` axis (each process places only its own devices' rows)."""
+    sde_arrays, state0, chain_ids, root = args
+    rows = P("chains")
+    return (put(sde_arrays, mesh), to_global(host(state0), mesh, rows), to_global(host(chain_ids), mesh, rows),
+            put(root, mesh))
+
+
+def collect_chains(outputs, num_chains: int, gather: bool):
+    """`sample`'s outputs ``(samples, trajectory or None, final or None, nonfinite_step)``,
+    sharded over chains (the trajectory along axis 1) and padded past ``num_chains``, as this
+    process returns them: all chains in order (``gather``; collected from every process under
+    ``jax.distributed``), or only this process's rows. Returns the four and the rows' global
+    chain indices."""
+    import jax.numpy as jnp
+
+    samples, traj, final, bad = outputs
+    if gather or not is_multiprocess():
+        def full(x, axis=0):
+            return None if x is None else jnp.asarray(gather_rows(x)).take(jnp.arange(num_chains), axis=axis)
+        return full(samples), full(traj, 1), full(final), full(bad), np.arange(num_chains)
+    rows, ids = local_rows(samples)
+    keep = ids < num_chains  # the padding chains are dropped
+
+    def mine(x, axis=0):
+        if x is None:
+            return None
+        r = local_rows(x, axis)[0]
+        return jnp.asarray(r[keep] if axis == 0 else r[:, keep])
+    return jnp.asarray(rows[keep]), mine(traj, 1), mine(final), mine(bad), ids[keep]
