@@ -100,31 +100,39 @@ WORKER = textwrap.dedent(
     import jax
     from rsnjax import distributed
     pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    if pid >= 0:
-        distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
-        assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
-    import rsnjax
+    distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+    assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
+    from tests.test_distributed import run_case
 
-    net = rsnjax.ScoreNetwork(2, 32, key=jax.random.key(0))
-    res = rsnjax.ReservoirSampler.from_score_network(net)
-    kw = dict(key=jax.random.key(1), num_chains=37, num_steps=40, step_size=0.05, save_every=10, warn=False)
-    gathered = rsnjax.sample(res, **kw)
-    saved = dict(samples=np.asarray(gathered.samples), trajectory=np.asarray(gathered.trajectory))
-    if pid >= 0:
-        mine = rsnjax.sample(res, gather=False, **kw)
-        saved.update(local=np.asarray(mine.samples), local_traj=np.asarray(mine.trajectory), ids=mine.chain_ids)
-    # fit: each process passes its own shard (process 1's data shifted by +3 along x)
-    shard = max(pid, 0)
-    data = np.asarray(jax.random.normal(jax.random.key(10 + shard), (200, 2))) + np.array([3.0 * shard, 0.0])
-    model, hist = rsnjax.fit(net, data, sigmas=[1.0, 0.3], steps_per_level=30, batch_size=32,
-                             key=jax.random.key(2), chunk_size=15)
-    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(model) if hasattr(x, "shape")]
-    saved.update({f"param{i}": a for i, a in enumerate(leaves)}, loss=hist.loss,
-                 extent_mean=np.asarray(model.extent.mean))
+    saved = run_case(pid)
     np.savez(f"{out}/p{pid}.npz", **saved)
     print("WORKER-OK", pid)
     """
 )
+
+SAMPLE_KW = dict(num_chains=37, num_steps=40, step_size=0.05, save_every=10, warn=False)
+
+
+def run_case(pid: int) -> dict:
+    """What each of the two processes runs (pid 0, 1) and the one-process reference (pid -1:
+    one device, the same sampling run, and `fit` on process 0's shard alone)."""
+    net = rsnjax.ScoreNetwork(2, 32, key=jax.random.key(0))
+    res = rsnjax.ReservoirSampler.from_score_network(net)
+    one = dict(shard=False) if pid < 0 else {}
+    gathered = rsnjax.sample(res, key=jax.random.key(1), **one, **SAMPLE_KW)
+    saved = dict(samples=np.asarray(gathered.samples), trajectory=np.asarray(gathered.trajectory))
+    if pid >= 0:
+        mine = rsnjax.sample(res, key=jax.random.key(1), gather=False, **SAMPLE_KW)
+        saved.update(local=np.asarray(mine.samples), local_traj=np.asarray(mine.trajectory), ids=mine.chain_ids)
+    # fit: each process passes its own shard (process 1's data shifted by +3 along x)
+    shard = max(pid, 0)
+    data = np.asarray(jax.random.normal(jax.random.key(10 + shard), (200, 2))) + np.array([3.0 * shard, 0.0])
+    model, hist = rsnjax.fit(net, data, sigmas=[1.0, 0.3], steps_per_level=20, batch_size=32,
+                             key=jax.random.key(2), data_parallel=None if pid >= 0 else False)
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(model) if hasattr(x, "shape")]
+    saved.update({f"param{i}": a for i, a in enumerate(leaves)}, loss=hist.loss,
+                 extent_mean=np.asarray(model.extent.mean))
+    return saved
 
 
 def _free_port() -> int:
@@ -138,9 +146,10 @@ def test_two_processes_sample_and_fit(tmp_path):
     script.write_text(WORKER)
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, str(script), str(pid), port, str(tmp_path)], env=_env(1),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in (0, 1, -1)]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for pid in (0, 1)]
     outputs = []
     try:
+        ref = run_case(-1)  # meanwhile, the one-process reference here
         for p in procs:
             outputs.append(p.communicate(timeout=150))
     finally:
@@ -149,7 +158,7 @@ def test_two_processes_sample_and_fit(tmp_path):
                 p.kill()
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0 and "WORKER-OK" in out, err[-3000:]
-    p0, p1, ref = (dict(np.load(tmp_path / f"p{pid}.npz", allow_pickle=False)) for pid in (0, 1, -1))
+    p0, p1 = (dict(np.load(tmp_path / f"p{pid}.npz", allow_pickle=False)) for pid in (0, 1))
 
     # gathered samples on both processes: those of a one-process run with the same key, bit for bit
     for p in (p0, p1):
