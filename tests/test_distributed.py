@@ -183,3 +183,16 @@ def test_two_processes_sample_and_fit(tmp_path):
     assert abs(p0["extent_mean"][0] - 1.5) < 5 * np.sqrt(3.25 / 400), p0["extent_mean"]
     # and process 1's shard was trained on: the result differs from a fit on process 0's shard alone
     assert max(float(np.max(np.abs(p0[k] - ref[k]))) for k in params) > 1e-3
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_on_cpu_with_smoke(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--repeats", "1",
+                           "--out", str(out)], env=_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    kinds = [r["kind"] for r in result["rows"]]
+    assert kinds.count("sample") == 4 and kinds.count("train_step") == 1, kinds
+    assert all(r["chain_steps_per_s"] > 0 for r in result["rows"] if r["kind"] == "sample")
+    assert result["rows"][-1]["ms_per_step"] > 0 and result["platform"] == "cpu"
