@@ -231,14 +231,22 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def chain_rows(make, devices) -> tuple:
+    """``make()`` (which returns `sample`'s padded initial state and chain indices) as global
+    arrays split over ``devices`` along the chain axis: each process computes only its own
+    devices' rows (JAX's partitionable Threefry makes a random initial state the same as one
+    process draws)."""
+    sharding = NamedSharding(Mesh(np.array(devices), ("chains",)), P("chains"))
+    return jax.jit(make, out_shardings=(sharding, sharding))()
+
+
 def global_sample_args(args, mesh: Mesh):
-    """`sample`'s program inputs ``(sde_arrays, state0, chain_ids, chain_root)`` (the same on
-    every process) as global arrays: the circuit and key replicated, the chains split over the
-    mesh's ``"chains"`` axis (each process places only its own devices' rows)."""
+    """`sample`'s program inputs ``(sde_arrays, state0, chain_ids, chain_root)`` as global arrays:
+    the circuit and key (the same on every process) replicated, the chains (see `chain_rows`)
+    split over the mesh's ``"chains"`` axis."""
     sde_arrays, state0, chain_ids, root = args
     rows = P("chains")
-    return (put(sde_arrays, mesh), to_global(host(state0), mesh, rows), to_global(host(chain_ids), mesh, rows),
-            put(root, mesh))
+    return put(sde_arrays, mesh), put(state0, mesh, rows), put(chain_ids, mesh, rows), put(root, mesh)
 
 
 def collect_chains(outputs, num_chains: int, gather: bool):

@@ -562,10 +562,15 @@ def sample(
     sde = jax.block_until_ready(sde.stepper())
 
     k_init, k_chains = jax.random.split(key)
-    state0 = _initial_state(sde, init, initial_state, k_init, num_chains, dtype)
-    if padded > num_chains:
-        state0 = jnp.concatenate([state0, jnp.broadcast_to(state0[:1], (padded - num_chains, state0.shape[1]))])
-    chain_ids = jnp.arange(padded, dtype=jnp.uint32)
+
+    def initial_rows():
+        state0 = _initial_state(sde, init, initial_state, k_init, num_chains, dtype)
+        if padded > num_chains:
+            state0 = jnp.concatenate([state0, jnp.broadcast_to(state0[:1], (padded - num_chains, state0.shape[1]))])
+        return state0, jnp.arange(padded, dtype=jnp.uint32)
+
+    # under jax.distributed each process makes only its own devices' rows
+    state0, chain_ids = dist.chain_rows(initial_rows, devices) if multiprocess else initial_rows()
     num_blocks = padded // block
     if recording is not None:  # recorded chains spread over the blocks (see rsnjax._recording)
         sde = recording.wrap(sde, key, num_blocks, dtype)

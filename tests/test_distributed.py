@@ -104,7 +104,7 @@ WORKER = textwrap.dedent(
     assert jax.process_count() == 2 and len(jax.devices()) == 2 and len(jax.local_devices()) == 1
     from tests.test_distributed import run_case
 
-    saved = run_case(pid)
+    saved = run_case(pid, out)
     np.savez(f"{out}/p{pid}.npz", **saved)
     print("WORKER-OK", pid)
     """
@@ -113,7 +113,7 @@ WORKER = textwrap.dedent(
 SAMPLE_KW = dict(num_chains=37, num_steps=40, step_size=0.05, save_every=10, warn=False)
 
 
-def run_case(pid: int) -> dict:
+def run_case(pid: int, out: str | None = None) -> dict:
     """What each of the two processes runs (pid 0, 1) and the one-process reference (pid -1:
     one device, the same sampling run, and `fit` on process 0's shard alone)."""
     net = rsnjax.ScoreNetwork(2, 32, key=jax.random.key(0))
@@ -127,9 +127,15 @@ def run_case(pid: int) -> dict:
     # fit: each process passes its own shard (process 1's data shifted by +3 along x)
     shard = max(pid, 0)
     data = np.asarray(jax.random.normal(jax.random.key(10 + shard), (200, 2))) + np.array([3.0 * shard, 0.0])
-    model, hist = rsnjax.fit(net, data, sigmas=[1.0, 0.3], steps_per_level=20, batch_size=32,
-                             key=jax.random.key(2), data_parallel=None if pid >= 0 else False)
+    fit_kw = dict(sigmas=[1.0, 0.3], steps_per_level=20, batch_size=32, key=jax.random.key(2),
+                  data_parallel=None if pid >= 0 else False)
+    model, hist = rsnjax.fit(net, data, **fit_kw)
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(model) if hasattr(x, "shape")]
+    if out is not None:  # a checkpoint on the shared directory: stopped after one level, resumed
+        rsnjax.fit(net, data, checkpoint_dir=f"{out}/ckpt", max_chunks=1, **fit_kw)
+        resumed, _ = rsnjax.fit(net, data, checkpoint_dir=f"{out}/ckpt", resume=True, **fit_kw)
+        saved["resumed_equal"] = all(np.array_equal(np.asarray(a), b) for a, b in zip(
+            [x for x in jax.tree_util.tree_leaves(resumed) if hasattr(x, "shape")], leaves))
     saved.update({f"param{i}": a for i, a in enumerate(leaves)}, loss=hist.loss,
                  extent_mean=np.asarray(model.extent.mean))
     return saved
@@ -178,6 +184,8 @@ def test_two_processes_sample_and_fit(tmp_path):
     for k in params:
         np.testing.assert_array_equal(p0[k], p1[k])
     np.testing.assert_array_equal(p0["loss"], p1["loss"])
+    # process 0 wrote the checkpoint, both resumed from it to the uninterrupted result
+    assert p0["resumed_equal"] and p1["resumed_equal"]
     assert np.all(np.isfinite(p0["loss"]))
     # the extent is measured on both shards (x means 0 and 3: 1.5 ± 5 standard errors of 400 points)
     assert abs(p0["extent_mean"][0] - 1.5) < 5 * np.sqrt(3.25 / 400), p0["extent_mean"]
