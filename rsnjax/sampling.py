@@ -370,19 +370,6 @@ def default_block_size(chains_per_device: int, floats_per_chain: int, itemsize: 
     return -(-chains_per_device // num_blocks)
 
 
-def _local_devices(shard):
-    devices = jax.local_devices()
-    if shard is False or shard is None and len(devices) == 1:
-        return devices[:1]
-    if isinstance(shard, int) and not isinstance(shard, bool):
-        if not 1 <= shard <= len(devices):
-            raise ValueError(f"`shard` asks for {shard} devices, {len(devices)} are available")
-        return devices[:shard]
-    if shard is True or shard is None:
-        return devices
-    raise TypeError(f"`shard` must be True, False, None or a number of devices, got {shard!r}")
-
-
 def sample(
     model: Any,
     *,
