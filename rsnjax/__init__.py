@@ -5,7 +5,7 @@ The data flows one way: target or data → `fit` → score model → circuit →
 
 from ._version import __version__
 
-from . import activity, checkpoint, metrics, posterior, targets
+from . import activity, checkpoint, distributed, metrics, posterior, targets
 from .checkpoint import CheckpointError, load, save
 from .conditional import (ConditionalSamplerOnly, ConditionalScoreNetwork, conditional_dsm_loss_with_noise,
                           conditional_dsm_value_and_grad)
@@ -27,6 +27,7 @@ __all__ = [
     "activity",
     "metrics",
     "checkpoint",
+    "distributed",
     "ScoreNetwork",
     "SamplerOnly",
     "ConditionalScoreNetwork",

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from . import distributed as dist
 from ._recording import RecordingSDE, plan_recording, simulate_block as simulate_recording
 from ._validation import check_array, check_int, check_key, check_positive
 from .extent import DEFAULT_ESCAPE_FACTOR, DataExtent, with_extent
@@ -124,6 +125,9 @@ class SampleResult(NamedTuple):
       after burn-in, chains and neurons in the order of `record_chains` and `record_neurons`;
       None unless recording. ``rates``: the same shape, their rates φ(W_rec r + I) (φ(W x + b) for
       SO-FR, φ(x) for SO-SC), or None unless ``record_rates=True``.
+    - ``chain_ids``: None when the result holds all chains in order (the default); with
+      ``gather=False``, ``(num_rows,)`` int, the global index of each row this process holds
+      (``arange(num_chains)`` with one process). See `rsnjax.distributed`.
     """
 
     samples: jax.Array
@@ -136,6 +140,7 @@ class SampleResult(NamedTuple):
     rhat: float | None = None
     activity: jax.Array | None = None
     rates: jax.Array | None = None
+    chain_ids: np.ndarray | None = None
 
     @property
     def num_escaped(self) -> int | None:
@@ -365,19 +370,6 @@ def default_block_size(chains_per_device: int, floats_per_chain: int, itemsize: 
     return -(-chains_per_device // num_blocks)
 
 
-def _local_devices(shard):
-    devices = jax.local_devices()
-    if shard is False or shard is None and len(devices) == 1:
-        return devices[:1]
-    if isinstance(shard, int) and not isinstance(shard, bool):
-        if not 1 <= shard <= len(devices):
-            raise ValueError(f"`shard` asks for {shard} devices, {len(devices)} are available")
-        return devices[:shard]
-    if shard is True or shard is None:
-        return devices
-    raise TypeError(f"`shard` must be True, False, None or a number of devices, got {shard!r}")
-
-
 def sample(
     model: Any,
     *,
@@ -409,6 +401,7 @@ def sample(
     record_chains=None,
     record_rates: bool = False,
     private_noise: float | None = None,
+    gather: bool = True,
 ) -> SampleResult:
     """Simulate many chains of a circuit with Euler–Maruyama and return readout samples.
 
@@ -440,7 +433,12 @@ def sample(
       Results do not depend on it.
     - `unroll`: `lax.scan` unroll factor of the step loop.
     - `shard`: split chains over all local devices (default: when more than one is present);
-      an int uses that many devices; False uses one.
+      an int uses that many devices; False uses one. Under ``jax.distributed`` with several
+      processes the chains are always split over all processes' devices (see `rsnjax.distributed`);
+      chain c's path does not depend on where it runs.
+    - `gather`: return all chains on every process (default). False: only the rows this process
+      simulated, with their global indices in ``SampleResult.chain_ids`` (with one process: all
+      rows and ``arange(num_chains)``); escapes, R̂ and `on_nonfinite` then see only those rows.
     - `dtype`: state dtype (default: the model's dtype).
     - `extent`: the `DataExtent` whose outside counts as escaped (default: ``model.extent``,
       recorded by `fit` and carried by `ReservoirSampler.from_score_network`).
@@ -480,10 +478,14 @@ def sample(
     ``rates`` ``(num_recorded_chains, num_records, num_recorded_neurons)`` or None, ...
     """
     if inputs is not None or switch_steps is not None:  # a conditional model driven by inputs
-        settings = {k: v for k, v in locals().items() if k not in ("model", "inputs", "switch_steps")}
+        if dist.is_multiprocess():
+            raise ValueError("`inputs` and `switch_steps` are not supported under jax.distributed yet: "
+                             "run the driven circuit on one process")
+        settings = {k: v for k, v in locals().items() if k not in ("model", "inputs", "switch_steps", "gather")}
         from ._driven import sample_with_inputs
 
-        return sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)
+        result = sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)
+        return result if gather else result._replace(chain_ids=np.arange(result.samples.shape[0]))
     key = check_key(key)
     num_chains = check_int(num_chains, "num_chains")
     num_steps = check_int(num_steps, "num_steps")
@@ -522,7 +524,13 @@ def sample(
                                save_every=save_every, backend=backend, return_state=return_state,
                                itemsize=dtype.itemsize)
 
-    devices = _local_devices(shard)
+    devices = dist.mesh_devices(shard)
+    multiprocess = dist.is_multiprocess()
+    if not isinstance(gather, (bool, np.bool_)):
+        raise TypeError(f"`gather` must be a bool, got {type(gather).__name__}")
+    if multiprocess and (recording is not None or backend != "scan"):
+        raise ValueError("under jax.distributed `sample` supports the scan backend without recording "
+                         "(`record_every`, `private_noise`); run those on one process")
     ndev = len(devices)
     per_device = -(-num_chains // ndev)
     if block_size is not None:
@@ -536,10 +544,15 @@ def sample(
     sde = jax.block_until_ready(sde.stepper())
 
     k_init, k_chains = jax.random.split(key)
-    state0 = _initial_state(sde, init, initial_state, k_init, num_chains, dtype)
-    if padded > num_chains:
-        state0 = jnp.concatenate([state0, jnp.broadcast_to(state0[:1], (padded - num_chains, state0.shape[1]))])
-    chain_ids = jnp.arange(padded, dtype=jnp.uint32)
+
+    def initial_rows():
+        state0 = _initial_state(sde, init, initial_state, k_init, num_chains, dtype)
+        if padded > num_chains:
+            state0 = jnp.concatenate([state0, jnp.broadcast_to(state0[:1], (padded - num_chains, state0.shape[1]))])
+        return state0, jnp.arange(padded, dtype=jnp.uint32)
+
+    # under jax.distributed each process makes only its own devices' rows
+    state0, chain_ids = dist.chain_rows(initial_rows, devices) if multiprocess else initial_rows()
     num_blocks = padded // block
     if recording is not None:  # recorded chains spread over the blocks (see rsnjax._recording)
         sde = recording.wrap(sde, key, num_blocks, dtype)
@@ -564,6 +577,8 @@ def sample(
         runner = recording.gathering(runner, num_blocks)
     sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
     args = (sde_arrays, state0, chain_ids, k_chains)
+    if multiprocess:  # global arrays: chains split over every process's devices
+        args = dist.global_sample_args(args, mesh)
     cache_key = _compile_cache_key(
         sde_static, args, (backend, step_size, burn_in, num_steps, save_every, block, unroll,
                            return_state, str(dtype), tuple(d.id for d in devices)))
@@ -580,7 +595,7 @@ def sample(
         _COMPILED[cache_key] = _COMPILED.pop(cache_key)
     compile_time = time.perf_counter() - t0
     t0 = time.perf_counter()
-    outputs = jax.block_until_ready(compiled(sde_arrays, state0, chain_ids, k_chains))
+    outputs = jax.block_until_ready(compiled(*args))
     wall = time.perf_counter() - t0
     samples, traj, final, bad = outputs[:4]
     activity = rates = None
@@ -591,10 +606,15 @@ def sample(
         traj = traj[:, inverse] if num_saved else traj
         final = final[inverse] if return_state else final
 
-    samples = samples[:num_chains]
-    bad = bad[:num_chains]
-    traj = traj[:, :num_chains] if num_saved else None
-    final = final[:num_chains] if return_state else None
+    row_ids = None
+    if multiprocess or not gather:
+        samples, traj, final, bad, row_ids = dist.collect_chains(
+            (samples, traj if num_saved else None, final if return_state else None, bad), num_chains, gather)
+    if row_ids is None:
+        samples = samples[:num_chains]
+        bad = bad[:num_chains]
+        traj = traj[:, :num_chains] if num_saved else None
+        final = final[:num_chains] if return_state else None
     escaped = extent.outside(samples, escape_factor) if extent is not None else None
     rhat = None
     if num_saved >= 4 and num_chains >= 2:
@@ -603,11 +623,13 @@ def sample(
         finite = np.isfinite(np.asarray(traj)).all(axis=(0, 2))
         if finite.sum() >= 2:
             rhat = float(_rhat(traj[:, np.flatnonzero(finite)]))
-    result = SampleResult(samples, traj, final, bad, wall, compile_time, escaped, rhat, activity, rates)
+    result = SampleResult(samples, traj, final, bad, wall, compile_time, escaped, rhat, activity, rates,
+                          None if gather else row_ids)
     bad_np = np.asarray(bad)
     if on_nonfinite == "raise" and np.any(bad_np >= 0):
         chains = np.flatnonzero(bad_np >= 0)
         first = int(bad_np[chains].min())
+        chains = chains if row_ids is None else row_ids[chains]
         shown = ", ".join(str(c) for c in chains[:10]) + (" ..." if len(chains) > 10 else "")
         raise SimulationDivergedError(
             f"{len(chains)} of {num_chains} chains became NaN/inf (first after step {first}; "

@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 from ._validation import check_array, check_int, check_key, check_positive
 from .conditional import check_pairs, conditional_dsm_value_and_grad, conditional_penalty_grad, is_conditional
 from .dsm import SMALL_DIM, _score_network_backward, _score_network_forward, default_sigmas, dsm_value_and_grad
@@ -37,6 +39,8 @@ from .networks import ScoreNetwork
 
 __all__ = ["fit", "History", "TrainingDivergedError", "CHECKPOINT_NAME", "default_optimizer", "cosine_optimizer",
            "default_steps"]
+
+_BATCH_AXIS = dist.BATCH_AXIS
 
 #: The file `fit` writes inside ``checkpoint_dir``.
 CHECKPOINT_NAME = "fit_state.ckpt"
@@ -206,18 +210,53 @@ def _far_field_penalty_grad(model, points, directions, chol, margin):
 
 
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
-                        options: tuple = (None, False, None, 0)):
+                        options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False):
     """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
 
     ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step).
+
+    With a ``mesh`` (a 1-D `jax.sharding.Mesh` over the ``"batch"`` axis) the scan runs under
+    `jax.shard_map`: parameters, optimiser state and keys are replicated, each device computes
+    the loss and gradient on its ``batch_size / num_devices`` rows of the step's batch and
+    ``lax.pmean`` averages them (the mean of equal-sized means is the batch mean). Without
+    ``sharded`` every device forms the whole batch and noise exactly as one device does and takes
+    its slice (the same parameters as one device up to the order of the float reduction). With
+    ``sharded`` (multi-process data) ``data_in`` is ``(num_devices, m, d)``, each device's own
+    block, ``batch_idx`` ``(steps, num_devices, batch_size / num_devices)`` indexes into it, and the
+    antithetic pairs are formed within each device's rows.
     """
     ema_decay, antithetic, confine, num_far = options
     half = -(-batch_size // 2)
+    ndev = 1 if mesh is None else mesh.devices.size
+    per_device = batch_size // ndev
+    local_half = -(-per_device // 2)
+
+    def device_rows(a):  # this device's slice of a replicated (batch_size, ...) array
+        k = jax.lax.axis_index(_BATCH_AXIS)
+        return jax.lax.dynamic_slice_in_dim(a, k * per_device, per_device, axis=0)
+
+    def sharded_batch(data_in, batch_idx, k_noise):  # multi-process data: this device's own rows
+        k = jax.lax.axis_index(_BATCH_AXIS)
+        idx = batch_idx[0]
+        if antithetic:
+            idx = jnp.concatenate([idx[:local_half], idx[:local_half]])[:per_device]
+        batch = jax.tree_util.tree_map(lambda a: a[0][idx], data_in)
+        batch, cond = tuple(batch) if isinstance(batch, (tuple, list)) else (batch, None)
+        if antithetic:
+            eps = jax.random.normal(k_noise, (ndev, local_half, batch.shape[1]), dtype)[k]
+            noise = jnp.concatenate([eps, -eps])[:per_device]
+        else:
+            noise = device_rows(jax.random.normal(k_noise, (batch_size, batch.shape[1]), dtype))
+        return batch, cond, noise
 
     def one_step(carry, xs):
         p, opt_state, ema, sigma, level_key, data_in, source, far = carry
         step, batch_idx = xs
         k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
+        if sharded:
+            batch, cond, noise = sharded_batch(data_in, batch_idx, k_noise)
+            return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
+                           batch, cond, noise, cond)
         if from_array:
             batch = jax.tree_util.tree_map(lambda a: a[batch_idx], data_in)
         else:  # a target (its arrays passed in as `source`) or a data callable
@@ -233,11 +272,22 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
                 cond = jnp.concatenate([cond[:half], cond[:half]])[:batch_size]
         else:
             noise = jax.random.normal(k_noise, batch.shape, dtype)
+        cond_far = cond  # the far points pair with the whole batch's inputs, as on one device
+        if mesh is not None:
+            batch, noise = device_rows(batch), device_rows(noise)
+            cond = None if cond is None else device_rows(cond)
+        return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
+                       batch, cond, noise, cond_far)
+
+    def _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise, batch, cond, noise,
+                cond_far=None):
         model = eqx.combine(p, static)
         if cond is None:
             loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
         else:
             loss, grads = conditional_dsm_value_and_grad(model, batch, cond, noise, sigma)
+        if mesh is not None:  # the batch mean over all devices
+            loss, grads = jax.lax.pmean((loss, grads), _BATCH_AXIS)
         if confine is not None:
             mean, chol, radius = far
             k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
@@ -248,8 +298,11 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             if cond is None:
                 pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
             else:  # each far point paired with an input of the batch
-                pen_grads = conditional_penalty_grad(model, points, cond[jnp.arange(num_far) % cond.shape[0]],
+                pen_grads = conditional_penalty_grad(model, points,
+                                                     cond_far[jnp.arange(num_far) % cond_far.shape[0]],
                                                      _times_transpose(u, chol), _CONFINE_MARGIN)
+                if sharded:  # each device paired them with its own inputs
+                    pen_grads = jax.lax.pmean(pen_grads, _BATCH_AXIS)
             weight = confine / sigma**2
             grads = jax.tree_util.tree_map(lambda g, h: g + (weight * h).astype(g.dtype), grads, pen_grads)
         updates, opt_state = tx.update(grads, opt_state, p)
@@ -259,13 +312,18 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             ema = jax.tree_util.tree_map(lambda e, q: beta * e + (1 - beta) * q, ema, p)
         return (p, opt_state, ema, sigma, level_key, data_in, source, far), loss
 
-    @jax.jit
-    def run_chunk(p, opt_state, ema, sigma, level_key, data_in, source, far, steps, batch_idx):
+    def scan_chunk(p, opt_state, ema, sigma, level_key, data_in, source, far, steps, batch_idx):
         carry, losses = jax.lax.scan(
             one_step, (p, opt_state, ema, sigma, level_key, data_in, source, far), (steps, batch_idx))
         return carry[0], carry[1], carry[2], losses
 
-    return run_chunk
+    if mesh is None:
+        return jax.jit(scan_chunk)
+    rep, rows = P(), P(_BATCH_AXIS)
+    in_specs = (rep, rep, rep, rep, rep, rows if sharded else rep, rep, rep, rep,
+                P(None, _BATCH_AXIS) if sharded else rep)
+    return jax.jit(jax.shard_map(scan_chunk, mesh=mesh, in_specs=in_specs, out_specs=(rep, rep, rep, rep),
+                                 check_vma=False))
 
 
 #: `_build_chunk_runner` cached on everything that is not an array (the model's static part, the
@@ -376,6 +434,7 @@ def fit(
     checkpoint_every: int | None = None,
     resume: bool = False,
     max_chunks: int | None = None,
+    data_parallel: bool | None = None,
 ) -> tuple[eqx.Module, History]:
     """Train a score model by denoising score matching over an annealed noise schedule.
 
@@ -439,6 +498,18 @@ def fit(
       same one.
     - `max_chunks`: stop after this many compiled chunks (for tests and time-boxed runs); the
       checkpoint is written first so the run can be resumed.
+    - `data_parallel`: split every step's batch over the local devices (`jax.sharding` mesh over
+      a ``"batch"`` axis; parameters replicated, gradients averaged with ``lax.pmean``). Default
+      (None): on when there are several local devices; False trains on one. The parameters equal
+      a one-device run's up to the order of the float reduction; `batch_size` must be a multiple
+      of the number of devices. Under ``jax.distributed`` (several processes, see
+      `rsnjax.distributed`) training is always data-parallel over all processes' devices and an
+      array ``data`` is this process's *local shard*: every device takes an equal block of its
+      process's rows (the smallest block over all processes; extra rows are dropped), each step
+      takes ``batch_size / num_devices`` rows from every block (antithetic pairs within a block),
+      the extent and default schedule are measured on rows gathered from every process, and every
+      process returns the same model; only process 0 writes checkpoints. A target or data
+      callable is drawn from identically on every process (the whole batch, then split).
 
     **Returns:** ``(trained_model, history)``, see `History`. The model records the extent of
     its training data (``model.extent``, a `DataExtent`) for `sample`'s escape count.
@@ -463,6 +534,11 @@ def fit(
         if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
             raise ValueError(f"`sigmas` must all be finite and > 0, got {sigmas}")
     batch_size = check_int(batch_size, "batch_size")
+    mesh = dist.fit_mesh(data_parallel, batch_size)
+    num_devices = 1 if mesh is None else mesh.devices.size
+    multiprocess = dist.is_multiprocess()
+    # rows an array `data` needs here: a batch, or this process's share of one under jax.distributed
+    min_rows = batch_size // num_devices * jax.local_device_count() if multiprocess else batch_size
     weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
     if ema_decay is not None:
         if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float, np.floating)) \
@@ -495,16 +571,27 @@ def fit(
         source, source_static, draw = None, None, data
         kind = "callable"
     elif conditional:  # pairs (x, c)
-        data_array, data_cond = check_pairs(data, dim, model.cond_dim, batch_size)
+        data_array, data_cond = check_pairs(data, dim, model.cond_dim, min_rows)
         source, source_static, draw = None, None, None
         kind = (f"pairs:{tuple(data_array.shape)}:{tuple(data_cond.shape)}:"
                 f"{_array_fingerprint((data_array, data_cond))}")
     else:
-        data_array = check_array(data, "data", ndim=2, dim=dim, min_rows=batch_size)
+        data_array = check_array(data, "data", ndim=2, dim=dim, min_rows=min_rows)
         source, source_static, draw = None, None, None
         kind = f"array:{tuple(data_array.shape)}:{_array_fingerprint(data_array)}"
+    sharded = multiprocess and data_array is not None
+    if sharded:  # each process's rows: blocks (num_devices, m, ·) of one global array, one per device
+        local_rows = data_array.shape[0]
+        global_x, block_rows = dist.shard_local_data(np.asarray(data_array), mesh)
+        global_c = dist.shard_local_data(np.asarray(data_cond), mesh)[0] if data_cond is not None else None
+        kind = f"shards:{num_devices}x{block_rows}:" + dist.combined_fingerprint(kind.rsplit(":", 1)[-1])
+        # the extent's points: the same rows of every process, gathered (identical everywhere)
+        share = min(local_rows, 100_000 // jax.process_count())
+        share = int(dist.allgather_host(np.array([share])).min())
+        extent_rows = dist.allgather_host(np.asarray(data_array[:share])).reshape(-1, data_array.shape[1])
     if data_array is not None:
-        steps_per_epoch = data_array.shape[0] // batch_size
+        steps_per_epoch = (block_rows // (batch_size // num_devices) if sharded
+                           else data_array.shape[0] // batch_size)
         if epochs_per_level is not None:
             if steps_per_level is not None:
                 raise ValueError("give either `steps_per_level` or `epochs_per_level`, not both")
@@ -513,7 +600,8 @@ def fit(
         raise ValueError("`epochs_per_level` needs array `data`; use `steps_per_level` for targets")
 
     # --- the data's extent (recorded on the model; the default schedule and the far field) ----
-    extent_points = _extent_points(data_array, target.sample if _is_target(data) else data,
+    extent_points = _extent_points(extent_rows if sharded else data_array,
+                                   target.sample if _is_target(data) else data,
                                    jax.random.fold_in(key, _EXTENT_SALT), conditional)
     extent = data_extent(extent_points)
     if sigmas is None:
@@ -561,12 +649,27 @@ def fit(
     noise_root, data_root = jax.random.split(key)
     options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
-    run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options)
+    run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options,
+                      mesh, sharded)
     far = _far_field_arrays(extent, dtype)
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
             return jnp.zeros((length, 0), jnp.int32)
+        if sharded:  # (length, num_devices, rows per device) into each device's own block
+            per = batch_size // num_devices
+            rows = np.empty((length, num_devices, per), np.int32)
+            for g in range(start, start + length):
+                epoch, pos = divmod(g, steps_per_epoch)
+                perm = perms.get((level, epoch))
+                if perm is None:
+                    perms.clear()
+                    base = jax.random.fold_in(jax.random.fold_in(data_root, level), epoch)
+                    perm = np.stack([np.asarray(jax.random.permutation(jax.random.fold_in(base, j), block_rows))
+                                     for j in range(num_devices)])
+                    perms[(level, epoch)] = perm
+                rows[g - start] = perm[:, pos * per : (pos + 1) * per]
+            return rows
         rows = []
         for g in range(start, start + length):
             epoch, pos = divmod(g, steps_per_epoch)
@@ -635,9 +738,11 @@ def fit(
     def save_checkpoint(level: int, step: int):
         if ckpt_path is None:
             return
-        ckpt.save(ckpt_path, current(),
-                  extra={"opt_state": opt_state, "loss": jnp.asarray(loss_hist), "ema": ema},
-                  metadata={"fit": fingerprint, "level": level, "step": step})
+        if jax.process_index() == 0:  # under jax.distributed every process holds the same state
+            ckpt.save(ckpt_path, current(),
+                      extra=dist.to_local({"opt_state": opt_state, "loss": jnp.asarray(loss_hist), "ema": ema}),
+                      metadata={"fit": fingerprint, "level": level, "step": step})
+        dist.barrier("rsnjax.fit.checkpoint")
 
     if progress is None:
         progress = sys.stderr.isatty()
@@ -650,7 +755,7 @@ def fit(
 
     def recorded(parameters):
         """The model with these parameters and, where it has the field, the data's extent."""
-        out = eqx.combine(parameters, static)
+        out = eqx.combine(dist.to_local(parameters) if mesh is not None else parameters, static)
         return with_extent(out, extent) if hasattr(out, "extent") else out
 
     def finished():  # the model to hand back: the parameter average when kept
@@ -664,6 +769,17 @@ def fit(
     data_in = data_array if data_array is not None else jnp.zeros((0,), dtype)
     if data_cond is not None:
         data_in = (data_array, data_cond)
+    if sharded:
+        data_in = global_x if data_cond is None else (global_x, global_c)
+    if mesh is not None:  # replicated, except the blocks of multi-process data
+        data_in = dist.put(data_in, mesh, P(_BATCH_AXIS) if sharded else P())
+        source, far = dist.put(source, mesh), dist.put(far, mesh)
+        index_spec = P(None, _BATCH_AXIS) if sharded else P()
+
+    def call(fn, *args):
+        if mesh is None:
+            return fn(*args)
+        return fn(*dist.put(args[:9], mesh), dist.put(args[9], mesh, index_spec))
     try:
         for level in range(start_level, num_levels):
             sigma = jnp.asarray(sigmas[level], dtype)
@@ -681,15 +797,16 @@ def fit(
                 args = (params, opt_state, ema, sigma, level_key, data_in, source, far, steps,
                         batch_indices(level, step, length))
                 try:
-                    new_params, new_opt, new_ema, losses = run_chunk(*args)
+                    new_params, new_opt, new_ema, losses = call(run_chunk, *args)
                 except _CONCRETE_VALUE_ERRORS:
                     if source is None:
                         raise
                     # the target's `sample` needs concrete values: close over it instead
                     source, draw = None, (lambda k, bs: target.sample(k, bs))
-                    run_chunk = _build_chunk_runner(static, tx, None, draw, False, batch_size, dtype, options)
-                    new_params, new_opt, new_ema, losses = run_chunk(*args[:6], None, *args[7:])
-                losses = np.asarray(losses)
+                    run_chunk = _build_chunk_runner(static, tx, None, draw, False, batch_size, dtype, options,
+                                                    mesh, sharded)
+                    new_params, new_opt, new_ema, losses = call(run_chunk, *args[:6], None, *args[7:])
+                losses = dist.host(losses)
                 g0 = offsets[level] + step
                 if not np.all(np.isfinite(losses)):
                     bad = int(np.argmax(~np.isfinite(losses)))
