@@ -8,7 +8,7 @@
 # the dimensionality of the population activity.
 #
 # ```bash
-# python examples/tutorials/reservoir_activity.py                              # the full size
+# python examples/tutorials/reservoir_activity.py                              # full size: ≈ 2 min on 2 shared cores
 # RSNJAX_TUTORIAL_SIZE=tiny python examples/tutorials/reservoir_activity.py    # seconds: what the tests run
 # ```
 #
