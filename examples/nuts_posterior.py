@@ -1,6 +1,6 @@
 """Train an RSN on posterior draws from NUTS (blackjax), then sample the posterior with the circuit.
 
-    python examples/nuts_posterior.py            # ≈ 1 min on 2 CPU cores
+    python examples/nuts_posterior.py            # 47 s on 2 CPU cores (docs/howto/nuts.md)
     python examples/nuts_posterior.py --tiny     # seconds (what the tests run)
 
 The posterior is a Bayesian logistic regression on synthetic data (made here from a fixed key),

@@ -1,7 +1,7 @@
 """The main job: train an RSN on a default target, map it onto the reservoir, sample thousands of
 chains, and write metrics and a figure.
 
-    rsnjax demo                         # double peak, N = 1000, 10 000 chains, ~30 s on 2 idle cores
+    rsnjax demo                         # double peak, N = 1000, 10 000 chains, ≈ 1 min on 2 idle cores
     rsnjax demo --target laplace-x      # the paper's heavy-tailed 2-D "X"
     python -m rsnjax.demo --help
 """

@@ -260,7 +260,8 @@ def to_arviz(result: Any, *, var_name: str = "x", dim_name: str = "dim", coords:
     The trajectory ``(num_saved, num_chains, d)`` (steps first, as `rsnjax.metrics` takes it)
     becomes ``(chain, draw, d)``: each chain's readouts every `save_every` steps after burn-in are
     its draws. ``arviz.rhat`` / ``arviz.ess`` on it agree with `rsnjax.metrics.rhat` / `ess` on
-    the trajectory.
+    the trajectory (for the tail ESS pass ``prob=0.05``: ArviZ ≥ 1 otherwise uses its 89 % interval
+    instead of the 5 % / 95 % quantiles).
 
     **Arguments:**
 

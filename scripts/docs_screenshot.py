@@ -24,6 +24,7 @@ from pathlib import Path
 PAGES = {
     "api/sampling/": ["rsnjax.sample", "num_chains", "SampleResult"],
     "api/interop/": ["as_blackjax", "score_from_logdensity", "to_arviz"],
+    "tutorials/quickstart/": ["Run this tutorial", "stable_step_size", "format_table"],
 }
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -38,7 +38,9 @@ def site(tmp_path_factory):
 @needs_mkdocs
 def test_site_builds_strict_with_every_page(site):
     for page in ("index.html", "SCIENCE/index.html", "api/interop/index.html", "howto/nuts/index.html",
-                 "benchmarks/results/full-scaling.png"):
+                 "benchmarks/results/full-scaling.png", "tutorials/quickstart/index.html",
+                 "tutorials/your_data/index.html", "tutorials/reservoir_activity/index.html",
+                 "examples/tutorials/quickstart.py"):
         assert (site / page).is_file(), page
     html = (site / "api" / "interop" / "index.html").read_text()
     assert "score_from_logdensity" in html and "ravel_pytree" in html

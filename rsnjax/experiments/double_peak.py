@@ -59,7 +59,7 @@ _PAPER = dict(
 
 #: The named settings. ``paper`` is docs/SCIENCE.md §4–§5; ``quick`` keeps the model, schedule and
 #: optimiser but trains a third of the steps and samples 2000 chains (t = 1 with dt = 1e-3, and
-#: t = 10 with dt = 2e-3) (≈ 1–2 min on 2 cores); ``tiny`` is for tests (seconds).
+#: t = 10 with dt = 2e-3) (48 s on 2 cores, docs/RESULTS.md §1); ``tiny`` is for tests (seconds).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": _PAPER,
     "quick": {**_PAPER, "steps_per_level": 2500, "num_chains": 2000, "num_steps": 1000, "step_size": 1e-3,
