@@ -237,11 +237,12 @@ def plan_recording(model, sde: CircuitSDE, *, record_every, record_neurons, reco
     return RecordingPlan(every, neurons, chains, record_rates, private_noise, kind, neural)
 
 
-def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_steps, save_every,
+def simulate_block(sde: RecordingSDE, r0, ids, root, step_size, *, burn_in, num_steps, save_every,
                    unroll, dtype):
     """The scan backend's block simulation with recording: ``((state, bad), traj, x, records)``,
     records ``(num_records, M, K or 2K)`` of the block's first M chains. The readout path is the
-    same computation as without recording (`rsnjax.sampling`'s ``em_block``)."""
+    same computation as without recording (`rsnjax.sampling`'s ``em_block``); ``step_size`` is a
+    scalar array (an input of the compiled program)."""
     from .sampling import chain_key_words, step_noise
 
     inner, rec = sde.inner, sde.recorder
@@ -252,9 +253,8 @@ def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_
     private = rec.private_scale is not None
     if private:
         pkeys = chain_key_words(rec.private_root, ids[:m])
-        a = step_size / rec.tau
-        decay = jnp.asarray(1.0 - a, dtype)
-        gain = jnp.asarray(math.sqrt(step_size) * rec.private_scale * math.sqrt(2.0 / rec.tau), dtype)
+        decay = 1.0 - h / rec.tau
+        gain = jnp.sqrt(h) * (rec.private_scale * math.sqrt(2.0 / rec.tau))
         hidden = rec.out_w.shape[1]
 
     def step(carry, t):

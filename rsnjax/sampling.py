@@ -552,7 +552,7 @@ def sample(
         state0, chain_ids = state0[order], jnp.asarray(order, jnp.uint32)
 
     num_saved = num_steps // save_every if save_every is not None else 0
-    runner = _make_runner(sde, backend=backend, step_size=step_size, burn_in=burn_in,
+    runner = _make_runner(sde, backend=backend, burn_in=burn_in,
                           num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
                           return_state=return_state, dtype=dtype)
     if ndev > 1:
@@ -563,12 +563,13 @@ def sample(
         sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
         sharded = jax.shard_map(
             lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
-            mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P()), out_specs=out_specs, check_vma=False)
+            mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P(), P()), out_specs=out_specs, check_vma=False)
         runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
     sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
-    args = (sde_arrays, state0, chain_ids, k_chains)
+    h = jnp.asarray(step_size, dtype)  # an input of the program: a new step size reuses it
+    args = (sde_arrays, state0, chain_ids, k_chains, h)
     cache_key = _compile_cache_key(
-        sde_static, args, (backend, step_size, burn_in, num_steps, save_every, block, unroll,
+        sde_static, args, (backend, burn_in, num_steps, save_every, block, unroll,
                            return_state, str(dtype), tuple(d.id for d in devices)))
     t0 = time.perf_counter()
     compiled = _COMPILED.get(cache_key) if cache_key is not None else None
@@ -583,7 +584,7 @@ def sample(
         _COMPILED[cache_key] = _COMPILED.pop(cache_key)
     compile_time = time.perf_counter() - t0
     t0 = time.perf_counter()
-    outputs = jax.block_until_ready(compiled(sde_arrays, state0, chain_ids, k_chains))
+    outputs = jax.block_until_ready(compiled(*args))
     wall = time.perf_counter() - t0
     samples, traj, final, bad = outputs[:4]
     activity = rates = None
@@ -662,61 +663,77 @@ def _compile_cache_key(sde_static, args, settings):
     return key
 
 
-def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, block, unroll,
+def scan_steps(sde, keys, h, dtype, unroll: int) -> Callable:
+    """The scan backend's step loop for one block of chains with noise key words ``keys``:
+    ``run(carry, start, length)`` advances ``carry = (loop state, nonfinite_step)`` over the
+    global steps ``start, ..., start + length − 1`` (the noise of step t is `step_noise` of t, so
+    a run cut into pieces at any steps gives the same numbers as one piece)."""
+
+    def step(carry, t):
+        state, bad = carry
+        noise = step_noise(keys, t, sde.dim, dtype)
+        new, x = sde.loop_step(state, noise, h)
+        finite = jnp.all(jnp.isfinite(x), axis=-1)
+        bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
+        return (new, bad), None
+
+    def run(carry, start, length):
+        ts = start + jnp.arange(length, dtype=jnp.uint32)
+        return jax.lax.scan(step, carry, ts, unroll=min(unroll, max(length, 1)))[0]
+
+    return run
+
+
+def scan_and_save(sde, run, carry, start, num_saved: int, save_every: int):
+    """``num_saved`` pieces of `save_every` steps from global step ``start``, each followed by the
+    readout: ``(carry, trajectory (num_saved, block, d))``."""
+
+    def segment(c, s):
+        c = run(c, start + s * jnp.uint32(save_every), save_every)
+        return c, sde.loop_readout(c[0])
+
+    return jax.lax.scan(segment, carry, jnp.arange(num_saved, dtype=jnp.uint32))
+
+
+def _make_runner(sde, *, backend, burn_in, num_steps, save_every, block, unroll,
                  return_state, dtype) -> Callable:
-    """The function (sde, state0, chain_ids, chain_root) -> (samples, traj, final, bad) for the
-    chains of one device; it is shard-mapped over devices by `sample`."""
+    """The function (sde, state0, chain_ids, chain_root, step_size) -> (samples, traj, final, bad)
+    for the chains of one device; it is shard-mapped over devices by `sample`. The step size is
+    an input of the compiled program (a new step size reuses it)."""
     num_saved = num_steps // save_every if save_every is not None else 0
-    h = jnp.asarray(step_size, dtype)
 
-    def em_block(sde, r0, ids, root):
-        keys = chain_key_words(root, ids)
-
-        def step(carry, t):
-            state, bad = carry
-            noise = step_noise(keys, t, sde.dim, dtype)
-            new, x = sde.loop_step(state, noise, h)
-            finite = jnp.all(jnp.isfinite(x), axis=-1)
-            bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
-            return (new, bad), None
-
-        def run(carry, start, length):
-            ts = start + jnp.arange(length, dtype=jnp.uint32)
-            return jax.lax.scan(step, carry, ts, unroll=min(unroll, max(length, 1)))[0]
-
+    def em_block(sde, r0, ids, root, h):
+        run = scan_steps(sde, chain_key_words(root, ids), h, dtype, unroll)
         carry = (sde.loop_state(r0), jnp.full(r0.shape[:1], -1, jnp.int32))
         if burn_in:
-            carry = run(carry, 0, burn_in)
+            carry = run(carry, jnp.uint32(0), burn_in)
         if num_saved:
-            def segment(c, s):
-                c = run(c, burn_in + s * save_every, save_every)
-                return c, sde.loop_readout(c[0])
-            carry, traj = jax.lax.scan(segment, carry, jnp.arange(num_saved, dtype=jnp.uint32))
+            carry, traj = scan_and_save(sde, run, carry, jnp.uint32(burn_in), num_saved, save_every)
         else:
-            carry = run(carry, burn_in, num_steps)
+            carry = run(carry, jnp.uint32(burn_in), num_steps)
             traj = jnp.zeros((0,), dtype)
         # the samples are read out from the loop's form, as the trajectory is (bit-identical last entry)
         return (sde.state_from_loop(carry[0]), carry[1]), traj, sde.loop_readout(carry[0])
 
-    def diffrax_block(sde, r0, ids, root):
+    def diffrax_block(sde, r0, ids, root, h):
         from ._diffrax_backend import solve_block
 
-        (state, bad), traj = solve_block(sde, r0, chain_key_words(root, ids), step_size=step_size,
+        (state, bad), traj = solve_block(sde, r0, chain_key_words(root, ids), step_size=h,
                                          burn_in=burn_in, num_steps=num_steps, save_every=save_every,
                                          dtype=dtype)
         return (state, bad), traj, sde.readout(state)
 
     simulate = em_block if backend == "scan" else diffrax_block
     if isinstance(sde, RecordingSDE):
-        simulate = partial(simulate_recording, step_size=step_size, burn_in=burn_in, num_steps=num_steps,
+        simulate = partial(simulate_recording, burn_in=burn_in, num_steps=num_steps,
                            save_every=save_every, unroll=unroll, dtype=dtype)
 
-    def runner(sde, state0, ids, root):
+    def runner(sde, state0, ids, root, h):
         n = state0.shape[0] // block
         blocks = (state0.reshape(n, block, -1), ids.reshape(n, block))
 
         def one(args):
-            (state, bad), traj, x, *records = simulate(sde, args[0], args[1], root)
+            (state, bad), traj, x, *records = simulate(sde, args[0], args[1], root, h)
             last = jnp.uint32(burn_in + num_steps)
             bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(x), axis=-1), last.astype(jnp.int32), bad)
             return x, traj, (state if return_state else jnp.zeros((block, 0), dtype)), bad, *records
