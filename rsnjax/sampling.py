@@ -409,6 +409,10 @@ def sample(
     record_chains=None,
     record_rates: bool = False,
     private_noise: float | None = None,
+    checkpoint_dir=None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
 ) -> SampleResult:
     """Simulate many chains of a circuit with Euler–Maruyama and return readout samples.
 
@@ -474,6 +478,24 @@ def sample(
       K neurons, ×2 with rates, G blocks of chains), never the whole state trajectory; see
       `rsnjax._recording`.
 
+    - `checkpoint_dir`: a directory in which to checkpoint the chains after every segment of
+      `checkpoint_every` steps (file ``sample-state.rsnjax``, written atomically and checksummed
+      as `fit`'s checkpoints; see `rsnjax._segments`). An existing checkpoint there is never
+      overwritten: without `resume` it is an error. Needs the scan backend, no recording and no
+      `inputs`.
+    - `checkpoint_every`: the segment length in steps: it must divide `num_steps` and `burn_in`
+      and be a multiple of `save_every`. Default: the largest such length that cuts the run into
+      at least 20 segments. It also sets how often `progress` reports.
+    - `resume`: continue the run checkpointed in `checkpoint_dir` (start afresh when there is
+      none). The result is bit-identical to an uninterrupted run with the same arguments; a
+      checkpoint of another run (model, key, num_chains, step_size, ...) or a corrupt one raises
+      `rsnjax.CheckpointError` naming what differs, and nothing is written. A finished run's
+      checkpoint is returned again without simulating.
+    - `progress`: report progress on stderr between segments (a tqdm bar when tqdm is installed,
+      else one line per segment). Default: only when stderr is a terminal. Runs with `progress`
+      or `checkpoint_dir` run as a Python loop over compiled segments (one host round trip per
+      segment; the samples are the same bits).
+
     **Returns:** a `SampleResult`: ``samples`` ``(num_chains, d)``, ``trajectory``
     ``(num_saved, num_chains, d)`` or None, the escape mask and R̂, the recorded ``activity`` and
     ``rates`` ``(num_recorded_chains, num_records, num_recorded_neurons)`` or None, ...
@@ -483,6 +505,8 @@ def sample(
             raise ValueError("recording activity (`record_every`, `private_noise`) is not supported together "
                              "with `inputs` yet: sample the circuit conditioned on a fixed input instead "
                              "(`ConditionalScoreNetwork.conditioned(c)` mapped to a reservoir)")
+        if checkpoint_dir is not None:
+            raise ValueError("`checkpoint_dir` is not supported together with `inputs` yet")
         recording = ("record_every", "record_neurons", "record_chains", "record_rates", "private_noise")
         settings = {k: v for k, v in locals().items()
                     if k not in ("model", "inputs", "switch_steps", "recording") + recording}
@@ -506,6 +530,24 @@ def sample(
             raise ValueError(f"`save_every` ({save_every}) must divide `num_steps` ({num_steps})")
     if tau is not None:
         tau = check_positive(tau, "tau")
+    if not isinstance(resume, bool):
+        raise TypeError(f"`resume` must be a bool, got {resume!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir` (where the run was checkpointed)")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be True, False or None, got {progress!r}")
+    if checkpoint_dir is not None or progress:
+        unsupported = ("backend='diffrax'" if backend == "diffrax" else
+                       "recording (`record_every`)" if record_every is not None else None)
+        if unsupported:
+            what = "`checkpoint_dir`" if checkpoint_dir is not None else "`progress`"
+            raise ValueError(f"{what} (sampling in segments) is not supported with {unsupported} yet")
+    if checkpoint_every is not None or checkpoint_dir is not None or progress is not False:
+        from ._segments import check_checkpoint_every, default_checkpoint_every
+
+        checkpoint_every = (default_checkpoint_every(burn_in, num_steps, save_every) if checkpoint_every is None
+                            else check_checkpoint_every(checkpoint_every, burn_in=burn_in,
+                                                        num_steps=num_steps, save_every=save_every))
     if dim is None and callable(model) and not isinstance(model, (eqx.Module,)) and initial_state is not None:
         dim = int(np.shape(initial_state)[-1])
     if extent is None:
@@ -552,40 +594,63 @@ def sample(
         state0, chain_ids = state0[order], jnp.asarray(order, jnp.uint32)
 
     num_saved = num_steps // save_every if save_every is not None else 0
-    runner = _make_runner(sde, backend=backend, burn_in=burn_in,
-                          num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
-                          return_state=return_state, dtype=dtype)
-    if ndev > 1:
-        mesh = Mesh(np.array(devices), ("chains",))
-        out_specs = (P("chains"), P(None, "chains") if num_saved else P(), P("chains"), P("chains"))
-        out_specs += (P("chains"),) if recording is not None else ()
-        per_device_runner = runner
-        sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
-        sharded = jax.shard_map(
-            lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
-            mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P(), P()), out_specs=out_specs, check_vma=False)
-        runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
-    sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
     h = jnp.asarray(step_size, dtype)  # an input of the program: a new step size reuses it
-    args = (sde_arrays, state0, chain_ids, k_chains, h)
-    cache_key = _compile_cache_key(
-        sde_static, args, (backend, burn_in, num_steps, save_every, block, unroll,
-                           return_state, str(dtype), tuple(d.id for d in devices)))
-    t0 = time.perf_counter()
-    compiled = _COMPILED.get(cache_key) if cache_key is not None else None
-    if compiled is None:
-        fn = jax.jit(lambda arrays, *args: runner(eqx.combine(arrays, sde_static), *args))
-        compiled = fn.lower(*args).compile()
-        if cache_key is not None:
-            _COMPILED[cache_key] = compiled
-            while len(_COMPILED) > _COMPILED_MAX:
-                _COMPILED.pop(next(iter(_COMPILED)))
-    else:  # most recently used last
-        _COMPILED[cache_key] = _COMPILED.pop(cache_key)
-    compile_time = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outputs = jax.block_until_ready(compiled(*args))
-    wall = time.perf_counter() - t0
+    from ._segments import segmentable, stderr_is_terminal
+
+    segmented = checkpoint_dir is not None or progress is True or (
+        progress is None and recording is None and backend == "scan" and stderr_is_terminal())
+    if segmented and not segmentable(sde, state0):
+        if checkpoint_dir is not None or progress:
+            raise ValueError("`checkpoint_dir` and `progress` are not supported for this model (its loop "
+                             "state is not per chain, e.g. a circuit driven by `inputs`)")
+        segmented = False
+    if segmented:
+        from ._segments import run_description, run_segmented
+
+        description = None if checkpoint_dir is None else run_description(
+            sde, key=key, state0=state0, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
+            step_size=step_size, save_every=save_every, checkpoint_every=checkpoint_every, dtype=dtype,
+            return_state=return_state)
+        outputs, compile_time, wall = run_segmented(
+            sde, state0=state0, chain_ids=chain_ids, root=k_chains, h=h, num_chains=num_chains,
+            burn_in=burn_in, num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
+            return_state=return_state, dtype=dtype, devices=devices, checkpoint_every=checkpoint_every,
+            checkpoint_dir=checkpoint_dir, resume=resume, description=description,
+            progress=progress is not False)
+    else:
+        runner = _make_runner(sde, backend=backend, burn_in=burn_in,
+                              num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
+                              return_state=return_state, dtype=dtype)
+        if ndev > 1:
+            mesh = Mesh(np.array(devices), ("chains",))
+            out_specs = (P("chains"), P(None, "chains") if num_saved else P(), P("chains"), P("chains"))
+            out_specs += (P("chains"),) if recording is not None else ()
+            per_device_runner = runner
+            sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
+            sharded = jax.shard_map(
+                lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
+                mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P(), P()), out_specs=out_specs, check_vma=False)
+            runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
+        sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
+        args = (sde_arrays, state0, chain_ids, k_chains, h)
+        cache_key = _compile_cache_key(
+            sde_static, args, (backend, burn_in, num_steps, save_every, block, unroll,
+                               return_state, str(dtype), tuple(d.id for d in devices)))
+        t0 = time.perf_counter()
+        compiled = _COMPILED.get(cache_key) if cache_key is not None else None
+        if compiled is None:
+            fn = jax.jit(lambda arrays, *args: runner(eqx.combine(arrays, sde_static), *args))
+            compiled = fn.lower(*args).compile()
+            if cache_key is not None:
+                _COMPILED[cache_key] = compiled
+                while len(_COMPILED) > _COMPILED_MAX:
+                    _COMPILED.pop(next(iter(_COMPILED)))
+        else:  # most recently used last
+            _COMPILED[cache_key] = _COMPILED.pop(cache_key)
+        compile_time = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outputs = jax.block_until_ready(compiled(*args))
+        wall = time.perf_counter() - t0
     samples, traj, final, bad = outputs[:4]
     activity = rates = None
     if recording is not None:
