@@ -242,3 +242,34 @@ def test_sampling_killed_with_sigkill_resumes_to_the_same_bits(tmp_path):
     resumed = rsnjax.sample(res, checkpoint_dir=tmp_path, checkpoint_every=100, resume=True, **kw)
     whole = rsnjax.sample(res, **kw)
     _assert_same(resumed, whole)
+
+
+def test_cli_sample_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
+    from rsnjax import cli
+
+    rsnjax.save(tmp_path / "model.ckpt", _models()["score-network"])
+    common = ["sample", str(tmp_path / "model.ckpt"), "--chains", "50", "--steps", "40", "--burn-in", "20",
+              "--step-size", "0.05", "--save-every", "10", "--seed", "2"]
+    resumable = common + ["--checkpoint-dir", str(tmp_path / "state"), "--checkpoint-every", "10",
+                          "--out", str(tmp_path / "resumed.npz")]
+    assert cli.main(common + ["--out", str(tmp_path / "whole.npz")]) == 0
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 3)
+        real = _segments._write
+
+        def interrupt(*a, **k):  # Ctrl-C after the 3rd checkpoint
+            try:
+                real(*a, **k)
+            except _Killed:
+                raise KeyboardInterrupt from None
+
+        m.setattr(_segments, "_write", interrupt)
+        assert cli.main(resumable) == 130
+    err = capsys.readouterr().err
+    assert "interrupted; continue from" in err and "--resume" in err
+    assert cli.main(resumable[:-2] + ["--step-size", "0.04", "--resume"] + resumable[-2:]) == 2
+    assert "`step_size` is 0.05 there and 0.04 here" in capsys.readouterr().err
+    assert cli.main(resumable + ["--resume", "--no-progress"]) == 0
+    with np.load(tmp_path / "whole.npz") as a, np.load(tmp_path / "resumed.npz") as b:
+        np.testing.assert_array_equal(a["samples"], b["samples"])
+        np.testing.assert_array_equal(a["trajectory"], b["trajectory"])
