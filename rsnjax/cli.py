@@ -748,6 +748,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import ReservoirSampler, SamplingWarning, ScoreNetwork, SimulationDivergedError, sample
+    from .checkpoint import CheckpointError
 
     model, info = _load_model(checkpoint)
     space = args.space
@@ -781,6 +782,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     except SimulationDivergedError as err:
         message = " ".join(str(err).split()).replace("pass on_nonfinite='flag'", "pass --on-nonfinite flag")
         raise CLIError(f"simulation diverged: {message}", EXIT_FAILURE) from None
+    except CheckpointError as err:  # in the command line's words
+        raise CLIError(str(err).replace("pass resume=True", "pass --resume")
+                       .replace("`checkpoint_dir`", "--checkpoint-dir")) from None
     except KeyboardInterrupt:
         if args.checkpoint_dir is None:
             raise

@@ -273,3 +273,8 @@ def test_cli_sample_checkpoints_and_resumes(tmp_path, monkeypatch, capsys):
     with np.load(tmp_path / "whole.npz") as a, np.load(tmp_path / "resumed.npz") as b:
         np.testing.assert_array_equal(a["samples"], b["samples"])
         np.testing.assert_array_equal(a["trajectory"], b["trajectory"])
+
+
+def test_checkpoints_alone_report_no_progress_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    rsnjax.sample(_models()["score-network"], checkpoint_dir=tmp_path, **KW)
+    assert capsys.readouterr().err == ""
