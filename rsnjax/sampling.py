@@ -730,19 +730,23 @@ def _compile_cache_key(sde_static, args, settings):
     return key
 
 
-def scan_steps(sde, keys, h, dtype, unroll: int) -> Callable:
+def scan_steps(sde, keys, h, dtype, unroll: int, also: Callable | None = None) -> Callable:
     """The scan backend's step loop for one block of chains with noise key words ``keys``:
     ``run(carry, start, length)`` advances ``carry = (loop state, nonfinite_step)`` over the
     global steps ``start, ..., start + length − 1`` (the noise of step t is `step_noise` of t, so
-    a run cut into pieces at any steps gives the same numbers as one piece)."""
+    a run cut into pieces at any steps gives the same numbers as one piece). With ``also``, the
+    carry has a third part ``p``, advanced as ``also(p, t)`` after each step (the recording's
+    private noise)."""
 
     def step(carry, t):
-        state, bad = carry
+        state, bad, *extra = carry
         noise = step_noise(keys, t, sde.dim, dtype)
         new, x = sde.loop_step(state, noise, h)
         finite = jnp.all(jnp.isfinite(x), axis=-1)
         bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
-        return (new, bad), None
+        if also is not None:
+            extra = [also(extra[0], t)]
+        return (new, bad, *extra), None
 
     def run(carry, start, length):
         ts = start + jnp.arange(length, dtype=jnp.uint32)
