@@ -28,7 +28,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import equinox as eqx
 import jax
