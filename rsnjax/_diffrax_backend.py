@@ -13,8 +13,6 @@ reservoir's N-dimensional noise is never formed as a dense matrix product.
 
 from __future__ import annotations
 
-import math
-
 import diffrax
 import equinox as eqx
 import jax
@@ -61,7 +59,7 @@ class _NoiseTerm(diffrax.AbstractTerm):
 
     sde: eqx.Module
     path: diffrax.AbstractBrownianPath
-    scale: float = eqx.field(static=True)
+    scale: Array  # √h, an input of the compiled program
 
     def vf(self, t, y, args):
         return y  # unused: `prod` needs only the control
@@ -81,8 +79,8 @@ class _NoiseTerm(diffrax.AbstractTerm):
 
 
 def solve_block(sde, r0, key_words, *, step_size, burn_in, num_steps, save_every, dtype):
-    """Simulate one block of chains (noise key words ``(block, 2)`` from `chain_key_words`);
-    returns ``((final_state, nonfinite_step), trajectory)`` with the same layout as the scan
+    """Simulate one block of chains (noise key words ``(block, 2)`` from `chain_key_words`;
+    ``step_size`` a scalar array, traced); returns ``((final_state, nonfinite_step), trajectory)`` with the same layout as the scan
     backend."""
     total = burn_in + num_steps
     if total >= MAX_STEPS_FLOAT32_TIME and jnp.dtype(jnp.result_type(float)) != jnp.float64:
@@ -99,7 +97,7 @@ def solve_block(sde, r0, key_words, *, step_size, burn_in, num_steps, save_every
         finite = jnp.all(jnp.isfinite(sde.readout(y[0])), axis=-1)
         return h * sde.drift(y[0]), finite.astype(count_dtype)
 
-    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), _NoiseTerm(sde, path, math.sqrt(step_size)))
+    terms = diffrax.MultiTerm(diffrax.ODETerm(drift), _NoiseTerm(sde, path, jnp.sqrt(h)))
     subs = [diffrax.SubSaveAt(t1=True)]
     if save_every is not None:
         num_saved = num_steps // save_every

@@ -18,7 +18,7 @@ from ._validation import check_array, check_int, check_key, check_positive
 from .conditional import ConditionalSamplerOnly, ConditionalScoreNetwork
 from .extent import with_extent
 from .reservoir import ReservoirSampler
-from .sde import CircuitSDE, ReservoirLangevin, low_rank_apply
+from .sde import CircuitSDE, ReservoirLangevin, euler_maruyama, low_rank_apply
 
 __all__ = ["sample_with_inputs"]
 
@@ -150,8 +150,7 @@ class _DrivenOutput(_Driven):
         return state
 
     def _inner_loop_step(self, x, c, noise, step_size):
-        new = x + step_size * self._inner_drift(x, c) + jnp.sqrt(step_size) * self._inner_diffusion(noise)
-        return new, x
+        return euler_maruyama(x, self._inner_drift(x, c), self._inner_diffusion(noise), step_size), x
 
 
 class _DrivenReservoir(_Driven):

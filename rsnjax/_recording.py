@@ -273,12 +273,13 @@ def plan_recording(model, sde: CircuitSDE, *, record_every, record_neurons, reco
     return RecordingPlan(every, neurons, chains, record_rates, private_noise, kind, neural)
 
 
-def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_steps, save_every,
+def simulate_block(sde: RecordingSDE, r0, ids, root, step_size, *, burn_in, num_steps, save_every,
                    unroll, dtype):
     """The scan backend's block simulation with recording: ``((state, bad), traj, x, records)``,
     records ``(num_records, M, K or 2K)`` of the block's first M chains. The readout path is the
-    same computation as without recording (`rsnjax.sampling`'s ``em_block``)."""
-    from .sampling import chain_key_words, step_noise
+    same computation as without recording (`rsnjax.sampling`'s ``em_block``); ``step_size`` is a
+    scalar array (an input of the compiled program)."""
+    from .sampling import chain_key_words, scan_steps, step_noise
 
     inner, rec = sde.inner, sde.recorder
     h = jnp.asarray(step_size, dtype)
@@ -288,26 +289,17 @@ def simulate_block(sde: RecordingSDE, r0, ids, root, *, step_size, burn_in, num_
     private = rec.private_scale is not None
     if private:
         pkeys = chain_key_words(rec.private_root, ids[:m])
-        a = step_size / rec.tau
-        decay = jnp.asarray(1.0 - a, dtype)
-        gain = jnp.asarray(math.sqrt(step_size) * rec.private_scale * math.sqrt(2.0 / rec.tau), dtype)
+        decay = 1.0 - h / rec.tau
+        gain = jnp.sqrt(h) * (rec.private_scale * math.sqrt(2.0 / rec.tau))
         hidden = rec.out_w.shape[1]
 
-    def step(carry, t):
-        state, bad, p = carry
-        noise = step_noise(keys, t, inner.dim, dtype)
-        new, x = inner.loop_step(state, noise, h)
-        finite = jnp.all(jnp.isfinite(x), axis=-1)
-        bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
-        if private:
-            xi = step_noise(pkeys, t, hidden, dtype)  # (M, N), the private stream
-            projected = xi[:, idx] - (xi @ rec.out_w.T) @ rec.pinv_k.T  # ((I − A⁺A) ξ)[idx]
-            p = decay * p + gain * projected
-        return (new, bad, p), None
+    def private_step(p, t):
+        xi = step_noise(pkeys, t, hidden, dtype)  # (M, N), the private stream
+        projected = xi[:, idx] - (xi @ rec.out_w.T) @ rec.pinv_k.T  # ((I − A⁺A) ξ)[idx]
+        return decay * p + gain * projected
 
-    def run(carry, start, length):
-        ts = start + jnp.arange(length, dtype=jnp.uint32)
-        return jax.lax.scan(step, carry, ts, unroll=min(unroll, max(length, 1)))[0]
+    # the carry is (state, bad, p), p empty without private noise (then passed through unchanged)
+    run = scan_steps(inner, keys, h, dtype, unroll, also=private_step if private else None)
 
     def record(carry):
         state, _, p = carry

@@ -10,6 +10,7 @@ from __future__ import annotations
 import linecache
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,9 @@ def raised_by_rsnjax(err: BaseException) -> bool:
     """Whether ``err`` comes from a ``raise`` statement of rsnjax itself (its input validation).
 
     A ValueError or TypeError raised anywhere else (inside JAX, NumPy, or by a wrong call in
-    rsnjax's own code) is a bug, not bad input, and keeps its traceback.
+    rsnjax's own code) is a bug, not bad input, and keeps its traceback. So is one that rsnjax
+    only passes on: a bare ``raise`` or ``raise err`` of an exception object made elsewhere; the
+    statement must create the exception (``raise ValueError(...)``, ``raise TypeError``).
     """
     tb = err.__traceback__
     if tb is None:
@@ -134,4 +137,9 @@ def raised_by_rsnjax(err: BaseException) -> bool:
     package = str(Path(__file__).resolve().parent)  # rsnjax/
     if not str(Path(filename).resolve()).startswith(package + os.sep):
         return False
-    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise")
+    return _OWN_RAISE.match(linecache.getline(filename, tb.tb_lineno).strip()) is not None
+
+
+# `raise` of a new exception: a class (capitalised, possibly dotted) called or not; not a bare
+# `raise` and not `raise err` of an existing object
+_OWN_RAISE = re.compile(r"raise\s+(?:[A-Za-z_]\w*\.)*[A-Z]\w*\s*(?:\(|from\b|$)")

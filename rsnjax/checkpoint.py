@@ -43,6 +43,7 @@ __all__ = [
     "model_spec",
     "model_from_spec",
     "atomic_write_bytes",
+    "write_checked",
 ]
 
 MAGIC = b"RSNJAX-CHECKPOINT\n"
@@ -242,8 +243,33 @@ def save(path: str | os.PathLike, model: Any, *, extra: Any = None, metadata: di
         header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError) as err:
         raise TypeError(f"`metadata` must be JSON-serialisable (no NaN/inf): {err}") from None
+    return _write_file(path, header_bytes, payload)
+
+
+def _write_file(path: Path, header_bytes: bytes, payload: bytes) -> Path:
     head = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes
     return atomic_write_bytes(path, head + hashlib.sha256(head).digest() + payload)
+
+
+def write_checked(path: str | os.PathLike, header: dict, payload: bytes) -> Path:
+    """Write ``payload`` bytes under a JSON ``header`` in the checkpoint format (magic line,
+    header, SHA-256 digests of both, atomic replace), for other kinds of state than a model
+    (e.g. `sample`'s resumable chains); `read_header` reads and verifies it back.
+
+    **Arguments:**
+
+    - `path`: the file to write; its directory is created.
+    - `header`: a JSON-serialisable dict; ``format``, ``payload_bytes`` and ``payload_sha256``
+      are set here.
+    - `payload`: the bytes.
+
+    **Returns:** the path written.
+    """
+    path = _as_path(path)
+    header = {**header, "format": FORMAT_VERSION, "rsnjax_version": _version(),
+              "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    header_bytes = json.dumps(header, sort_keys=True, allow_nan=False).encode()
+    return _write_file(path, header_bytes, payload)
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict, bytes]:

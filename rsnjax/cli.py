@@ -267,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     p.add_argument("--out", type=_text, default=None, metavar="FILE.npz",
                    help="output file (default: samples.npz beside the checkpoint)")
+    p.add_argument("--checkpoint-dir", type=_text, default=None, metavar="DIR",
+                   help="checkpoint the chains in DIR/sample-state.rsnjax after every segment of "
+                        "--checkpoint-every steps, so that a killed run continues with --resume")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="K",
+                   help="segment length in steps: divides --steps and --burn-in, a multiple of "
+                        "--save-every (default: the largest such that cuts the run into >= 20 segments)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run checkpointed in --checkpoint-dir (same options; a "
+                        "difference is an error naming it); the samples are bit-identical to an "
+                        "uninterrupted run's")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="report progress between segments (default: when stderr is a terminal)")
     _common(p)
     subs["sample"] = p
 
@@ -732,12 +744,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(checkpoint).parent / "samples.npz"
     if args.save_every is not None and args.steps % args.save_every:
         raise CLIError(f"--save-every ({args.save_every}) must divide --steps ({args.steps})")
+    if args.resume and args.checkpoint_dir is None:
+        raise CLIError("--resume needs --checkpoint-dir (where the run was checkpointed)")
     _refuse_existing([out], args.overwrite)
 
     import jax
     import numpy as np
 
     from . import ReservoirSampler, SamplingWarning, ScoreNetwork, SimulationDivergedError, sample
+    from .checkpoint import CheckpointError
 
     model, info = _load_model(checkpoint)
     space = args.space
@@ -762,13 +777,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
             result = sample(model, key=jax.random.key(args.seed), num_chains=args.chains, num_steps=args.steps,
                             step_size=args.step_size, init=args.init, burn_in=args.burn_in,
                             save_every=args.save_every, tau=args.tau, backend=args.backend,
-                            on_nonfinite=args.on_nonfinite, block_size=args.block_size)
+                            on_nonfinite=args.on_nonfinite, block_size=args.block_size,
+                            checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                            resume=args.resume, progress=args.progress)
         for w in caught:  # one line each, like the command's other messages
             _say(f"rsnjax sample: warning: {w.message}" if issubclass(w.category, SamplingWarning)
                  else warnings.formatwarning(w.message, w.category, w.filename, w.lineno).rstrip())
     except SimulationDivergedError as err:
         message = " ".join(str(err).split()).replace("pass on_nonfinite='flag'", "pass --on-nonfinite flag")
         raise CLIError(f"simulation diverged: {message}", EXIT_FAILURE) from None
+    except CheckpointError as err:  # in the command line's words
+        raise CLIError(str(err).replace("pass resume=True", "pass --resume")
+                       .replace("`checkpoint_dir`", "--checkpoint-dir")) from None
+    except KeyboardInterrupt:
+        if args.checkpoint_dir is None:
+            raise
+        raise CLIError(f"interrupted; continue from {args.checkpoint_dir!r} with the same options and "
+                       "--resume", EXIT_INTERRUPTED) from None
     arrays = {"samples": np.asarray(result.samples), "nonfinite_step": np.asarray(result.nonfinite_step),
               "wall_time": np.float64(result.wall_time), "compile_time": np.float64(result.compile_time)}
     if result.trajectory is not None:
@@ -780,7 +805,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     meta = {"checkpoint": str(checkpoint), "model": info["model"], "space": space,
             "chains": args.chains, "steps": args.steps, "step_size": args.step_size,
             "burn_in": args.burn_in, "save_every": args.save_every, "backend": args.backend,
-            "init": args.init, "seed": args.seed, "tau": args.tau}
+            "init": args.init, "seed": args.seed, "tau": args.tau, "checkpoint_dir": args.checkpoint_dir}
     arrays["info"] = np.array(json.dumps(_jsonable(meta)))
     _write_npz(out, arrays)
     bad = int(np.sum(arrays["nonfinite_step"] >= 0))

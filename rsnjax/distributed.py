@@ -241,12 +241,13 @@ def chain_rows(make, devices) -> tuple:
 
 
 def global_sample_args(args, mesh: Mesh):
-    """`sample`'s program inputs ``(sde_arrays, state0, chain_ids, chain_root)`` as global arrays:
-    the circuit and key (the same on every process) replicated, the chains (see `chain_rows`)
-    split over the mesh's ``"chains"`` axis."""
-    sde_arrays, state0, chain_ids, root = args
+    """`sample`'s program inputs ``(sde_arrays, state0, chain_ids, chain_root, step_size)`` as
+    global arrays: the circuit, key and step size (the same on every process) replicated, the
+    chains (see `chain_rows`) split over the mesh's ``"chains"`` axis."""
+    sde_arrays, state0, chain_ids, root, step_size = args
     rows = P("chains")
-    return put(sde_arrays, mesh), put(state0, mesh, rows), put(chain_ids, mesh, rows), put(root, mesh)
+    return (put(sde_arrays, mesh), put(state0, mesh, rows), put(chain_ids, mesh, rows), put(root, mesh),
+            put(step_size, mesh))
 
 
 def collect_chains(outputs, num_chains: int, gather: bool):

@@ -8,8 +8,9 @@ Layout of the computation (the whole thing is one `jax.jit`):
 
 Blocks keep a block's reservoir state in cache across steps. Every chain c draws its noise at step
 t from the Threefry-2x32 hash of the counter (t, j) under the chain's own key words
-``bits(fold_in(key, c))`` (see `step_noise`), so the result depends only on ``key`` — not on the
-block size, the number of devices or the backend.
+``bits(fold_in(k, c))``, k drawn from ``key`` (see `step_noise`), so the result depends only on
+``key``: not on the number of devices or on segments (`rsnjax._segments`), and on the block size
+and the backend only through rounding (blocks of >= 64 chains gave identical bits in our tests).
 """
 
 from __future__ import annotations
@@ -402,6 +403,10 @@ def sample(
     record_rates: bool = False,
     private_noise: float | None = None,
     gather: bool = True,
+    checkpoint_dir=None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
 ) -> SampleResult:
     """Simulate many chains of a circuit with Euler–Maruyama and return readout samples.
 
@@ -413,7 +418,7 @@ def sample(
     - `key`: PRNG key (keyword-only). The same key gives the same samples.
     - `num_chains`: number of independent chains.
     - `num_steps`: Euler–Maruyama steps after burn-in.
-    - `step_size`: dt > 0.
+    - `step_size`: dt > 0 (an input of the compiled program: a new value does not recompile).
     - `initial_state`: ``(num_chains, state_dim)`` or ``(state_dim,)`` (state_dim = N for a
       reservoir, d otherwise). Default: drawn as `init` says.
     - `init`: ``"uniform"`` (U[−2, 2], the paper's double-peak start), ``"normal"`` or ``"zeros"``.
@@ -430,7 +435,8 @@ def sample(
       ``"flag"`` them in ``nonfinite_step`` and return.
     - `block_size`: chains simulated together per block (default: `default_block_size`, as many
       as touch about 4 MB per step, e.g. 1024 reservoir chains of N = 1000, split evenly).
-      Results do not depend on it.
+      Results do not depend on it up to rounding: blocks of >= 64 chains have given identical
+      bits, smaller ones can change XLA's matrix-product kernel and with it the last bits.
     - `unroll`: `lax.scan` unroll factor of the step loop.
     - `shard`: split chains over all local devices (default: when more than one is present);
       an int uses that many devices; False uses one. Under ``jax.distributed`` with several
@@ -473,6 +479,24 @@ def sample(
       K neurons, ×2 with rates, G blocks of chains), never the whole state trajectory; see
       `rsnjax._recording`.
 
+    - `checkpoint_dir`: a directory in which to checkpoint the chains after every segment of
+      `checkpoint_every` steps (file ``sample-state.rsnjax``, written atomically and checksummed
+      as `fit`'s checkpoints; see `rsnjax._segments`). An existing checkpoint there is never
+      overwritten: without `resume` it is an error. Needs the scan backend, no recording and no
+      `inputs`.
+    - `checkpoint_every`: the segment length in steps: it must divide `num_steps` and `burn_in`
+      and be a multiple of `save_every`. Default: the largest such length that cuts the run into
+      at least 20 segments. It also sets how often `progress` reports.
+    - `resume`: continue the run checkpointed in `checkpoint_dir` (start afresh when there is
+      none). The result is bit-identical to an uninterrupted run with the same arguments; a
+      checkpoint of another run (model, key, num_chains, step_size, ...) or a corrupt one raises
+      `rsnjax.CheckpointError` naming what differs, and nothing is written. A finished run's
+      checkpoint is returned again without simulating.
+    - `progress`: report progress on stderr between segments (a tqdm bar when tqdm is installed,
+      else one line per segment). Default: only when stderr is a terminal. Runs with `progress`
+      or `checkpoint_dir` run as a Python loop over compiled segments (one host round trip per
+      segment; the samples are the same bits).
+
     **Returns:** a `SampleResult`: ``samples`` ``(num_chains, d)``, ``trajectory``
     ``(num_saved, num_chains, d)`` or None, the escape mask and R̂, the recorded ``activity`` and
     ``rates`` ``(num_recorded_chains, num_records, num_recorded_neurons)`` or None, ...
@@ -481,7 +505,11 @@ def sample(
         if dist.is_multiprocess():
             raise ValueError("`inputs` and `switch_steps` are not supported under jax.distributed yet: "
                              "run the driven circuit on one process")
-        settings = {k: v for k, v in locals().items() if k not in ("model", "inputs", "switch_steps", "gather")}
+        if checkpoint_dir is not None or progress:
+            raise ValueError("`checkpoint_dir` and `progress` are not supported together with `inputs` yet")
+        segments = ("checkpoint_dir", "checkpoint_every", "resume", "progress")
+        settings = {k: v for k, v in locals().items()
+                    if k not in ("model", "inputs", "switch_steps", "gather", "segments") + segments}
         from ._driven import sample_with_inputs
 
         result = sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)
@@ -503,6 +531,24 @@ def sample(
             raise ValueError(f"`save_every` ({save_every}) must divide `num_steps` ({num_steps})")
     if tau is not None:
         tau = check_positive(tau, "tau")
+    if not isinstance(resume, bool):
+        raise TypeError(f"`resume` must be a bool, got {resume!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs `checkpoint_dir` (where the run was checkpointed)")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"`progress` must be True, False or None, got {progress!r}")
+    if checkpoint_dir is not None or progress:
+        unsupported = ("backend='diffrax'" if backend == "diffrax" else
+                       "recording (`record_every`)" if record_every is not None else None)
+        if unsupported:
+            what = "`checkpoint_dir`" if checkpoint_dir is not None else "`progress`"
+            raise ValueError(f"{what} (sampling in segments) is not supported with {unsupported} yet")
+    if checkpoint_every is not None or checkpoint_dir is not None or progress is not False:
+        from ._segments import check_checkpoint_every, default_checkpoint_every
+
+        checkpoint_every = (default_checkpoint_every(burn_in, num_steps, save_every) if checkpoint_every is None
+                            else check_checkpoint_every(checkpoint_every, burn_in=burn_in,
+                                                        num_steps=num_steps, save_every=save_every))
     if dim is None and callable(model) and not isinstance(model, (eqx.Module,)) and initial_state is not None:
         dim = int(np.shape(initial_state)[-1])
     if extent is None:
@@ -560,43 +606,70 @@ def sample(
         state0, chain_ids = state0[order], jnp.asarray(order, jnp.uint32)
 
     num_saved = num_steps // save_every if save_every is not None else 0
-    runner = _make_runner(sde, backend=backend, step_size=step_size, burn_in=burn_in,
-                          num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
-                          return_state=return_state, dtype=dtype)
-    if ndev > 1:
-        mesh = Mesh(np.array(devices), ("chains",))
-        out_specs = (P("chains"), P(None, "chains") if num_saved else P(), P("chains"), P("chains"))
-        out_specs += (P("chains"),) if recording is not None else ()
-        per_device_runner = runner
-        sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
-        sharded = jax.shard_map(
-            lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
-            mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P()), out_specs=out_specs, check_vma=False)
-        runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
-    if recording is not None:  # the recorded chains are picked out inside the compiled program
-        runner = recording.gathering(runner, num_blocks)
-    sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
-    args = (sde_arrays, state0, chain_ids, k_chains)
-    if multiprocess:  # global arrays: chains split over every process's devices
-        args = dist.global_sample_args(args, mesh)
-    cache_key = _compile_cache_key(
-        sde_static, args, (backend, step_size, burn_in, num_steps, save_every, block, unroll,
-                           return_state, str(dtype), tuple(d.id for d in devices)))
-    t0 = time.perf_counter()
-    compiled = _COMPILED.get(cache_key) if cache_key is not None else None
-    if compiled is None:
-        fn = jax.jit(lambda arrays, *args: runner(eqx.combine(arrays, sde_static), *args))
-        compiled = fn.lower(*args).compile()
-        if cache_key is not None:
-            _COMPILED[cache_key] = compiled
-            while len(_COMPILED) > _COMPILED_MAX:
-                _COMPILED.pop(next(iter(_COMPILED)))
-    else:  # most recently used last
-        _COMPILED[cache_key] = _COMPILED.pop(cache_key)
-    compile_time = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outputs = jax.block_until_ready(compiled(*args))
-    wall = time.perf_counter() - t0
+    h = jnp.asarray(step_size, dtype)  # an input of the program: a new step size reuses it
+    from ._segments import segmentable, stderr_is_terminal
+
+    segmented = checkpoint_dir is not None or progress is True or (
+        progress is None and recording is None and backend == "scan" and not multiprocess
+        and stderr_is_terminal())
+    if segmented and multiprocess:
+        raise ValueError("`checkpoint_dir` and `progress` are not supported under jax.distributed yet")
+    if segmented and not segmentable(sde, state0):
+        if checkpoint_dir is not None or progress:
+            raise ValueError("`checkpoint_dir` and `progress` are not supported for this model (its loop "
+                             "state is not per chain, e.g. a circuit driven by `inputs`)")
+        segmented = False
+    if segmented:
+        from ._segments import run_description, run_segmented
+
+        description = None if checkpoint_dir is None else run_description(
+            sde, key=key, state0=state0, num_chains=num_chains, num_steps=num_steps, burn_in=burn_in,
+            step_size=step_size, save_every=save_every, checkpoint_every=checkpoint_every, dtype=dtype,
+            return_state=return_state)
+        outputs, compile_time, wall = run_segmented(
+            sde, state0=state0, chain_ids=chain_ids, root=k_chains, h=h, num_chains=num_chains,
+            burn_in=burn_in, num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
+            return_state=return_state, dtype=dtype, devices=devices, checkpoint_every=checkpoint_every,
+            checkpoint_dir=checkpoint_dir, resume=resume, description=description,
+            progress=progress is True or (progress is None and stderr_is_terminal()))
+    else:
+        runner = _make_runner(sde, backend=backend, burn_in=burn_in,
+                              num_steps=num_steps, save_every=save_every, block=block, unroll=unroll,
+                              return_state=return_state, dtype=dtype)
+        if ndev > 1:
+            mesh = Mesh(np.array(devices), ("chains",))
+            out_specs = (P("chains"), P(None, "chains") if num_saved else P(), P("chains"), P("chains"))
+            out_specs += (P("chains"),) if recording is not None else ()
+            per_device_runner = runner
+            sde_static_for_shard = eqx.partition(sde, eqx.is_array)[1]
+            sharded = jax.shard_map(
+                lambda arrays, *args: per_device_runner(eqx.combine(arrays, sde_static_for_shard), *args),
+                mesh=mesh, in_specs=(P(), P("chains"), P("chains"), P(), P()), out_specs=out_specs, check_vma=False)
+            runner = lambda sde_, *args: sharded(eqx.filter(sde_, eqx.is_array), *args)  # noqa: E731
+        if recording is not None:  # the recorded chains are picked out inside the compiled program
+            runner = recording.gathering(runner, num_blocks)
+        sde_arrays, sde_static = eqx.partition(sde, eqx.is_array)
+        args = (sde_arrays, state0, chain_ids, k_chains, h)
+        if multiprocess:  # global arrays: chains split over every process's devices
+            args = dist.global_sample_args(args, mesh)
+        cache_key = _compile_cache_key(
+            sde_static, args, (backend, burn_in, num_steps, save_every, block, unroll,
+                               return_state, str(dtype), tuple(d.id for d in devices)))
+        t0 = time.perf_counter()
+        compiled = _COMPILED.get(cache_key) if cache_key is not None else None
+        if compiled is None:
+            fn = jax.jit(lambda arrays, *args: runner(eqx.combine(arrays, sde_static), *args))
+            compiled = fn.lower(*args).compile()
+            if cache_key is not None:
+                _COMPILED[cache_key] = compiled
+                while len(_COMPILED) > _COMPILED_MAX:
+                    _COMPILED.pop(next(iter(_COMPILED)))
+        else:  # most recently used last
+            _COMPILED[cache_key] = _COMPILED.pop(cache_key)
+        compile_time = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        outputs = jax.block_until_ready(compiled(*args))
+        wall = time.perf_counter() - t0
     samples, traj, final, bad = outputs[:4]
     activity = rates = None
     if recording is not None:
@@ -681,61 +754,81 @@ def _compile_cache_key(sde_static, args, settings):
     return key
 
 
-def _make_runner(sde, *, backend, step_size, burn_in, num_steps, save_every, block, unroll,
+def scan_steps(sde, keys, h, dtype, unroll: int, also: Callable | None = None) -> Callable:
+    """The scan backend's step loop for one block of chains with noise key words ``keys``:
+    ``run(carry, start, length)`` advances ``carry = (loop state, nonfinite_step)`` over the
+    global steps ``start, ..., start + length − 1`` (the noise of step t is `step_noise` of t, so
+    a run cut into pieces at any steps gives the same numbers as one piece). With ``also``, the
+    carry has a third part ``p``, advanced as ``also(p, t)`` after each step (the recording's
+    private noise)."""
+
+    def step(carry, t):
+        state, bad, *extra = carry
+        noise = step_noise(keys, t, sde.dim, dtype)
+        new, x = sde.loop_step(state, noise, h)
+        finite = jnp.all(jnp.isfinite(x), axis=-1)
+        bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
+        if also is not None:
+            extra = [also(extra[0], t)]
+        return (new, bad, *extra), None
+
+    def run(carry, start, length):
+        ts = start + jnp.arange(length, dtype=jnp.uint32)
+        return jax.lax.scan(step, carry, ts, unroll=min(unroll, max(length, 1)))[0]
+
+    return run
+
+
+def scan_and_save(sde, run, carry, start, num_saved: int, save_every: int):
+    """``num_saved`` pieces of `save_every` steps from global step ``start``, each followed by the
+    readout: ``(carry, trajectory (num_saved, block, d))``."""
+
+    def segment(c, s):
+        c = run(c, start + s * jnp.uint32(save_every), save_every)
+        return c, sde.loop_readout(c[0])
+
+    return jax.lax.scan(segment, carry, jnp.arange(num_saved, dtype=jnp.uint32))
+
+
+def _make_runner(sde, *, backend, burn_in, num_steps, save_every, block, unroll,
                  return_state, dtype) -> Callable:
-    """The function (sde, state0, chain_ids, chain_root) -> (samples, traj, final, bad) for the
-    chains of one device; it is shard-mapped over devices by `sample`."""
+    """The function (sde, state0, chain_ids, chain_root, step_size) -> (samples, traj, final, bad)
+    for the chains of one device; it is shard-mapped over devices by `sample`. The step size is
+    an input of the compiled program (a new step size reuses it)."""
     num_saved = num_steps // save_every if save_every is not None else 0
-    h = jnp.asarray(step_size, dtype)
 
-    def em_block(sde, r0, ids, root):
-        keys = chain_key_words(root, ids)
-
-        def step(carry, t):
-            state, bad = carry
-            noise = step_noise(keys, t, sde.dim, dtype)
-            new, x = sde.loop_step(state, noise, h)
-            finite = jnp.all(jnp.isfinite(x), axis=-1)
-            bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)
-            return (new, bad), None
-
-        def run(carry, start, length):
-            ts = start + jnp.arange(length, dtype=jnp.uint32)
-            return jax.lax.scan(step, carry, ts, unroll=min(unroll, max(length, 1)))[0]
-
+    def em_block(sde, r0, ids, root, h):
+        run = scan_steps(sde, chain_key_words(root, ids), h, dtype, unroll)
         carry = (sde.loop_state(r0), jnp.full(r0.shape[:1], -1, jnp.int32))
         if burn_in:
-            carry = run(carry, 0, burn_in)
+            carry = run(carry, jnp.uint32(0), burn_in)
         if num_saved:
-            def segment(c, s):
-                c = run(c, burn_in + s * save_every, save_every)
-                return c, sde.loop_readout(c[0])
-            carry, traj = jax.lax.scan(segment, carry, jnp.arange(num_saved, dtype=jnp.uint32))
+            carry, traj = scan_and_save(sde, run, carry, jnp.uint32(burn_in), num_saved, save_every)
         else:
-            carry = run(carry, burn_in, num_steps)
+            carry = run(carry, jnp.uint32(burn_in), num_steps)
             traj = jnp.zeros((0,), dtype)
         # the samples are read out from the loop's form, as the trajectory is (bit-identical last entry)
         return (sde.state_from_loop(carry[0]), carry[1]), traj, sde.loop_readout(carry[0])
 
-    def diffrax_block(sde, r0, ids, root):
+    def diffrax_block(sde, r0, ids, root, h):
         from ._diffrax_backend import solve_block
 
-        (state, bad), traj = solve_block(sde, r0, chain_key_words(root, ids), step_size=step_size,
+        (state, bad), traj = solve_block(sde, r0, chain_key_words(root, ids), step_size=h,
                                          burn_in=burn_in, num_steps=num_steps, save_every=save_every,
                                          dtype=dtype)
         return (state, bad), traj, sde.readout(state)
 
     simulate = em_block if backend == "scan" else diffrax_block
     if isinstance(sde, RecordingSDE):
-        simulate = partial(simulate_recording, step_size=step_size, burn_in=burn_in, num_steps=num_steps,
+        simulate = partial(simulate_recording, burn_in=burn_in, num_steps=num_steps,
                            save_every=save_every, unroll=unroll, dtype=dtype)
 
-    def runner(sde, state0, ids, root):
+    def runner(sde, state0, ids, root, h):
         n = state0.shape[0] // block
         blocks = (state0.reshape(n, block, -1), ids.reshape(n, block))
 
         def one(args):
-            (state, bad), traj, x, *records = simulate(sde, args[0], args[1], root)
+            (state, bad), traj, x, *records = simulate(sde, args[0], args[1], root, h)
             last = jnp.uint32(burn_in + num_steps)
             bad = jnp.where((bad < 0) & ~jnp.all(jnp.isfinite(x), axis=-1), last.astype(jnp.int32), bad)
             return x, traj, (state if return_state else jnp.zeros((block, 0), dtype)), bad, *records

@@ -33,7 +33,17 @@ from jaxtyping import Array, Float
 from .networks import ScoreNetwork, get_activation
 from .reservoir import ReservoirSampler
 
-__all__ = ["CircuitSDE", "OutputLangevin", "ReservoirLangevin", "low_rank_apply", "low_rank_apply_rows"]
+__all__ = ["CircuitSDE", "OutputLangevin", "ReservoirLangevin", "low_rank_apply", "low_rank_apply_rows",
+           "euler_maruyama"]
+
+
+def euler_maruyama(state, drift, diffusion, step_size):
+    """One Euler–Maruyama step ``state + h·drift + √h·diffusion`` (``diffusion`` the noise map
+    applied to standard-normal noise). The one generic form of the step: every SDE without a
+    fused step of its own (`CircuitSDE.euler_maruyama_step`, a driven circuit's output Langevin)
+    uses it; the fused forms (`_ScoreNetworkStep`, `_ReservoirStep.loop_step`) are the same
+    update with the leak folded in, a = h/τ."""
+    return state + step_size * drift + jnp.sqrt(step_size) * diffusion
 
 
 def low_rank_apply(x: Float[Array, "batch k"], W: Float[Array, "n k"]) -> Float[Array, "batch n"]:
@@ -89,8 +99,7 @@ class CircuitSDE(eqx.Module):
 
     def euler_maruyama_step(self, state: Array, noise: Array, step_size) -> tuple[Array, Array]:
         """``state + drift·h + diffusion(noise)·√h`` and the readout of the incoming state."""
-        new = state + step_size * self.drift(state) + jnp.sqrt(step_size) * self.diffusion(noise)
-        return new, self.readout(state)
+        return euler_maruyama(state, self.drift(state), self.diffusion(noise), step_size), self.readout(state)
 
     def stepper(self) -> "CircuitSDE":
         """The object whose ``euler_maruyama_step`` and ``readout`` a sampler's loop calls
@@ -337,10 +346,6 @@ class _ReservoirStep(CircuitSDE):
         return low_rank_apply_rows(noise, self.noise_rows)
 
     def euler_maruyama_step(self, state, noise, step_size):
-        phi = get_activation(self.activation)
-        x = self.readout(state)
-        a = step_size / self.tau
-        # the per-chain scalars (√h ξ) are formed first; noise_rows holds √2 A⁺ / √τ
-        base = (1.0 - a) * state + low_rank_apply_rows(jnp.sqrt(step_size) * noise, self.noise_rows)
-        new = base + a * phi(low_rank_apply_rows(x, self.in_rows) + self.I)
-        return new, x
+        # the loop's split form from r = (r, 0) and back: one definition of the reservoir's step
+        new, x = self.loop_step(self.loop_state(state), noise, step_size)
+        return self.state_from_loop(new), x

@@ -288,3 +288,14 @@ def test_step_noise_is_the_documented_function_of_the_counter():
                 u = (hi >> 9) / 2.0**23
                 want = math.sqrt(2) * scipy.special.erfinv(max(2 * u - 1, -1 + 2.0**-23))
                 assert abs(z[c, j] - want) < 1e-5 * max(1.0, abs(want)), (t, c, j, z[c, j], want)
+
+
+def test_saving_the_trajectory_does_not_change_the_samples():
+    """Saving every `save_every` steps cuts the scan into pieces that must continue the global
+    step count: the samples are then bit-identical to an unsaved run, and trajectory entry k to
+    the samples of a run that stops after its step burn_in + (k + 1)·save_every."""
+    res = rsnjax.ReservoirSampler.from_score_network(rsnjax.ScoreNetwork(2, 16, key=jax.random.key(0)))
+    kw = dict(key=jax.random.key(1), num_chains=20, burn_in=5, step_size=0.05, warn=False)
+    saved = rsnjax.sample(res, num_steps=30, save_every=10, **kw)
+    np.testing.assert_array_equal(rsnjax.sample(res, num_steps=30, **kw).samples, saved.samples)
+    np.testing.assert_array_equal(rsnjax.sample(res, num_steps=20, **kw).samples, saved.trajectory[1])

@@ -83,12 +83,13 @@ _PAPER = dict(
 )
 
 #: The named settings. ``paper``: N = 5000 (the paper's), 7800 steps per level, 10 000 chains.
-#: ``quick``: N = 1000, 2000 steps per level (`fit`'s default step count), 10 000 chains; both sample
+#: ``quick``: N = 1000, `fit`'s default steps (`rsnjax.default_steps`: 1000 per level, 20 000 at
+#: σ_min), 10 000 chains; both sample
 #: to t = 10 and t = 20 with dt = 1e-3 (t = 10 read off the t = 20 run), so stationarity is shown
 #: by the two agreeing. ``tiny`` is for tests (seconds).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": _PAPER,
-    "quick": {**_PAPER, "hidden": 1000, "steps_per_level": 2000, "noise_floor_repeats": 3,
+    "quick": {**_PAPER, "hidden": 1000, "steps_per_level": None, "noise_floor_repeats": 3,
               "score_error_samples": 10_000},
     "tiny": {**_PAPER, "hidden": 32, "num_levels": 2, "steps_per_level": 50, "num_chains": 200,
              "num_steps": 40, "step_size": 1e-2, "long_num_steps": 100, "long_step_size": 1e-2,

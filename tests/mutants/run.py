@@ -30,6 +30,7 @@ TESTS = {
     "sde": ["tests/test_reservoir.py", "tests/test_sampling.py", "-k",
             "identity or pseudo_inverse or gaussian or burn_in or accelerated or reservoir"],
     "sampling": ["tests/test_sampling.py", "-k", "not sharded and not slow"],
+    "_segments": ["tests/test_resume.py", "-k", "bit_identical or another_run or corrupt"],
 }
 
 # (name, file, original snippet, mutated snippet, equivalent?)
@@ -73,8 +74,8 @@ MUTANTS = [
      "return cls(net.A, net.B, 0 * net.b, activation=net.activation, tau=tau, extent=net.extent)\n", False),
     # --- sde.py: the Euler–Maruyama steps ---
     ("sde-generic-sqrt-h", "sde.py",
-     "new = state + step_size * self.drift(state) + jnp.sqrt(step_size) * self.diffusion(noise)",
-     "new = state + step_size * self.drift(state) + step_size * self.diffusion(noise)", False),
+     "return state + step_size * drift + jnp.sqrt(step_size) * diffusion",
+     "return state + step_size * drift + step_size * diffusion", False),
     ("sde-output-diffusion", "sde.py", "    def diffusion(self, noise):\n        return math.sqrt(2.0 / self.tau) * noise\n\n    def readout(self, state):\n        return state\n\n    @property",
      "    def diffusion(self, noise):\n        return math.sqrt(1.9 / self.tau) * noise\n\n    def readout(self, state):\n        return state\n\n    @property", False),
     ("sde-net-step-noise", "sde.py", "+ jnp.sqrt(2.0 * a) * noise", "+ jnp.sqrt(1.9 * a) * noise", False),
@@ -85,13 +86,14 @@ MUTANTS = [
     ("sde-loop-bias", "sde.py",
      "new_u = (1.0 - a) * u + a * phi(low_rank_apply_rows(x, self.in_rows) + self.I)",
      "new_u = (1.0 - a) * u + a * phi(low_rank_apply_rows(x, self.in_rows))", False),
-    ("sde-reservoir-step-leak", "sde.py", "base = (1.0 - a) * state + low_rank_apply_rows(",
-     "base = (1.0 - 0.5 * a) * state + low_rank_apply_rows(", False),
+    ("sde-reservoir-step-half", "sde.py", "new, x = self.loop_step(self.loop_state(state), noise, step_size)",
+     "new, x = self.loop_step(self.loop_state(state), noise, 0.5 * step_size)", False),
     ("sde-low-rank-skip", "sde.py", "    out = x[..., 0:1] * W[:, 0]\n    for j in range(1, k):",
      "    out = x[..., 0:1] * W[:, 0]\n    for j in range(2, k):", False),
     ("sde-skew-sign", "sde.py", "            s = s + s @ self.skew.T", "            s = s - s @ self.skew", True),
     # --- sampling.py: keys, noise, the loop ---
-    ("sampling-burn-in", "sampling.py", "carry = run(carry, 0, burn_in)\n", "carry = run(carry, 0, burn_in + 1)\n", False),
+    ("sampling-burn-in", "sampling.py", "carry = run(carry, jnp.uint32(0), burn_in)\n",
+     "carry = run(carry, jnp.uint32(0), burn_in + 1)\n", False),
     ("sampling-noise-step-index", "sampling.py", "noise = step_noise(keys, t, sde.dim, dtype)",
      "noise = step_noise(keys, t // 2, sde.dim, dtype)", False),
     ("sampling-noise-scale", "sampling.py", "return jnp.asarray(math.sqrt(2.0), dtype) * jax.lax.erf_inv(v)",
@@ -99,9 +101,18 @@ MUTANTS = [
     ("sampling-chain-keys", "sampling.py", "jax.random.fold_in(root, c)", "jax.random.fold_in(root, c // 2)", False),
     ("sampling-bad-step", "sampling.py", "bad = jnp.where((bad < 0) & ~finite, t.astype(jnp.int32), bad)",
      "bad = jnp.where(~finite, t.astype(jnp.int32), bad)", False),
+    ("sampling-save-start", "sampling.py", "c = run(c, start + s * jnp.uint32(save_every), save_every)",
+     "c = run(c, start + s * jnp.uint32(save_every - 1), save_every)", False),
     ("sampling-readout-last", "sampling.py",
      "return (sde.state_from_loop(carry[0]), carry[1]), traj, sde.loop_readout(carry[0])",
      "return (sde.state_from_loop(carry[0]), carry[1]), traj, sde.loop_readout(sde.loop_state(r0))", False),
+    # --- _segments.py: resumable sampling ---
+    ("segments-global-step", "_segments.py", "cb = run(cb, t0, pre)", "cb = run(cb, jnp.uint32(0), pre)", False),
+    ("segments-resume-trajectory", "_segments.py", "if per_segment_saved and start_segment > n_burn:",
+     "if per_segment_saved and start_segment > n_burn + 1:", False),
+    ("segments-run-check", "_segments.py", "if not isinstance(saved, dict) or saved != description:",
+     "if not isinstance(saved, dict):", False),
+    ("segments-overwrite", "_segments.py", "            if not resume:\n", "            if False:\n", False),
 ]
 
 
