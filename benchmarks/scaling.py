@@ -4,7 +4,7 @@ Each configuration runs in a fresh process with ``XLA_FLAGS=--xla_force_host_pla
 (K = 1, 2): the same calls, timed after a warm-up call that compiles, best of ``--repeats``. Prints
 one table and writes JSON::
 
-    python benchmarks/scaling.py                  # ~2 min on 2 cores
+    python benchmarks/scaling.py                  # ~2 min on 2 idle cores
     python benchmarks/scaling.py --quick          # shorter runs (a smoke test)
 """
 
@@ -39,7 +39,8 @@ data = np.asarray(jax.random.normal(jax.random.key(1), (8192, 2)))
 tx = optax.adam(1e-3)
 for batch in cfg["batches"]:
     kw = dict(sigmas=[0.5], steps_per_level=cfg["fit_steps"], batch_size=batch, optimizer=tx,
-              key=jax.random.key(2), chunk_size=cfg["fit_steps"], progress=False)
+              key=jax.random.key(2), chunk_size=cfg["fit_steps"], progress=False,
+              data_parallel=len(jax.local_devices()) > 1)  # opt-in on CPU devices
     best = float("inf")
     for r in range(cfg["repeats"] + 1):   # the first call compiles; later ones reuse the program
         t0 = time.perf_counter()
@@ -47,6 +48,18 @@ for batch in cfg["batches"]:
         if r:
             best = min(best, time.perf_counter() - t0)
     out[f"fit_steps_per_s_batch{batch}"] = cfg["fit_steps"] / best
+dim, hidden, batch, steps = cfg["wide"]   # the MNIST quick preset's network size
+wide = rsnjax.ScoreNetwork(dim, hidden, key=jax.random.key(3))
+wide_data = np.asarray(jax.random.normal(jax.random.key(4), (4096, dim)))
+kw = dict(sigmas=[0.5], steps_per_level=steps, batch_size=batch, optimizer=tx, key=jax.random.key(2),
+          chunk_size=steps, progress=False, data_parallel=len(jax.local_devices()) > 1)
+best = float("inf")
+for r in range(cfg["repeats"] + 1):
+    t0 = time.perf_counter()
+    rsnjax.fit(wide, wide_data, **kw)
+    if r:
+        best = min(best, time.perf_counter() - t0)
+out["fit_steps_per_s_wide"] = steps / best
 print("RESULT " + json.dumps(out))
 """
 
@@ -68,9 +81,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.json"))
     args = parser.parse_args(argv)
-    cfg = dict(neurons=1000, chains=8192, steps=50, fit_steps=100, batches=[128, 1024], repeats=args.repeats)
+    cfg = dict(neurons=1000, chains=8192, steps=500, fit_steps=1000, batches=[128, 1024, 4096],
+               wide=[50, 5000, 128, 200], repeats=args.repeats)
     if args.quick:
-        cfg.update(neurons=64, chains=512, steps=10, fit_steps=10, batches=[128], repeats=1)
+        cfg.update(neurons=64, chains=512, steps=10, fit_steps=10, batches=[128], wide=[8, 64, 32, 4], repeats=1)
     import jax
     import numpy as np
     import optax
@@ -85,6 +99,8 @@ def main(argv=None) -> dict:
              "chain-steps/s", "sample_chain_steps_per_s")]
     rows += [(f"fit: ScoreNetwork(2, {cfg['neurons']}), batch {b}, {cfg['fit_steps']} steps", "steps/s",
               f"fit_steps_per_s_batch{b}") for b in cfg["batches"]]
+    dim, hidden, batch, steps = cfg["wide"]
+    rows += [(f"fit: ScoreNetwork({dim}, {hidden}), batch {batch}, {steps} steps", "steps/s", "fit_steps_per_s_wide")]
     print("| workload | unit | 1 device | 2 devices | speed-up |\n|---|---|---|---|---|")
     table = []
     for name, unit, key in rows:

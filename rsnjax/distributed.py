@@ -156,7 +156,10 @@ def fit_mesh(data_parallel: bool | None, batch_size: int) -> Mesh | None:
     """The mesh `fit` splits its batch over, or None for the plain one-device program.
 
     Under ``jax.distributed`` all processes' devices (data parallelism is then required);
-    otherwise the local devices when there are several and `data_parallel` is not False.
+    otherwise the local devices when there are several and `data_parallel` is True, or None and
+    they are accelerators: several XLA CPU devices share the same cores, and splitting a batch
+    over them measured slower than one device for every batch up to 1024 (0.63× at batch 128,
+    docs/PERFORMANCE.md), so on CPU it is opt-in.
     ``batch_size`` must divide evenly over the devices (and per device into pairs with
     ``antithetic`` noise, checked by `fit`)."""
     if data_parallel is not None and not isinstance(data_parallel, (bool, np.bool_)):
@@ -168,7 +171,8 @@ def fit_mesh(data_parallel: bool | None, batch_size: int) -> Mesh | None:
         devices: Sequence = jax.devices()
     else:
         devices = jax.local_devices()
-        if data_parallel is False or (data_parallel is None and len(devices) == 1):
+        if data_parallel is False or (data_parallel is None and (
+                len(devices) == 1 or all(d.platform == "cpu" for d in devices))):
             return None
     if batch_size % len(devices):
         raise ValueError(f"`batch_size` ({batch_size}) must be a multiple of the number of devices "

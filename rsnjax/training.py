@@ -500,7 +500,9 @@ def fit(
       checkpoint is written first so the run can be resumed.
     - `data_parallel`: split every step's batch over the local devices (`jax.sharding` mesh over
       a ``"batch"`` axis; parameters replicated, gradients averaged with ``lax.pmean``). Default
-      (None): on when there are several local devices; False trains on one. The parameters equal
+      (None): on when there are several local accelerators (GPUs, TPUs); not for several XLA CPU
+      devices, which share the same cores (it measured 0.63–0.94× of one device for batches of
+      128–1024 on 2 cores, docs/PERFORMANCE.md): True forces it there, False trains on one. The parameters equal
       a one-device run's up to the order of the float reduction; `batch_size` must be a multiple
       of the number of devices. Under ``jax.distributed`` (several processes, see
       `rsnjax.distributed`) training is always data-parallel over all processes' devices and an

@@ -34,7 +34,10 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     net = rsnjax.ScoreNetwork(2, 64, key=jax.random.key(0))
     kw = dict(sigmas=[1.0, 0.3], steps_per_level=40, batch_size=64, key=jax.random.key(2), chunk_size=20)
     one, h_one = rsnjax.fit(net, data, data_parallel=False, **kw)
-    two, h_two = rsnjax.fit(net, data, **kw)  # default: both devices
+    two, h_two = rsnjax.fit(net, data, data_parallel=True, **kw)  # CPU devices: opt-in
+    default, _ = rsnjax.fit(net, data, **kw)  # the default on CPU devices is one device: the same bits
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(default)) if hasattr(a, "shape"))
     leaves = lambda m: [np.asarray(x) for x in jax.tree_util.tree_leaves(m) if hasattr(x, "shape")]
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(one), leaves(two)))
     scale = max(float(np.max(np.abs(a))) for a in leaves(one))
