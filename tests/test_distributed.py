@@ -43,11 +43,11 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     scale = max(float(np.max(np.abs(a))) for a in leaves(one))
     loss_diff = float(np.max(np.abs(h_one.loss - h_two.loss)))
     with tempfile.TemporaryDirectory() as d:  # interrupted after one chunk, resumed on both devices
-        rsnjax.fit(net, data, checkpoint_dir=d, max_chunks=1, **kw)
-        resumed, _ = rsnjax.fit(net, data, checkpoint_dir=d, resume=True, **kw)
+        rsnjax.fit(net, data, checkpoint_dir=d, max_chunks=1, data_parallel=True, **kw)
+        resumed, _ = rsnjax.fit(net, data, checkpoint_dir=d, resume=True, data_parallel=True, **kw)
     resumed_equal = all(np.array_equal(a, b) for a, b in zip(leaves(resumed), leaves(two)))
     try:
-        rsnjax.fit(net, data, **dict(kw, batch_size=63))
+        rsnjax.fit(net, data, data_parallel=True, **dict(kw, batch_size=63))
         batch_error = ""
     except ValueError as err:
         batch_error = str(err)
