@@ -501,10 +501,10 @@ def fit(
     - `data_parallel`: split every step's batch over the local devices (`jax.sharding` mesh over
       a ``"batch"`` axis; parameters replicated, gradients averaged with ``lax.pmean``). Default
       (None): on when there are several local accelerators (GPUs, TPUs); not for several XLA CPU
-      devices, which share the same cores (it measured 0.63–0.94× of one device for batches of
-      128–1024 on 2 cores, docs/PERFORMANCE.md): True forces it there, False trains on one. The parameters equal
-      a one-device run's up to the order of the float reduction; `batch_size` must be a multiple
-      of the number of devices. Under ``jax.distributed`` (several processes, see
+      devices, which share the same cores (it measured 0.59–0.94× of one device for batches of
+      128–1024 on 2 cores, docs/PERFORMANCE.md): True forces it there, False trains on one. The
+      parameters equal a one-device run's up to the order of the float reduction; `batch_size`
+      must be a multiple of the number of devices. Under ``jax.distributed`` (several processes, see
       `rsnjax.distributed`) training is always data-parallel over all processes' devices and an
       array ``data`` is this process's *local shard*: every device takes an equal block of its
       process's rows (the smallest block over all processes; extra rows are dropped), each step
