@@ -507,9 +507,9 @@ def sample(
                              "run the driven circuit on one process")
         if checkpoint_dir is not None or progress:
             raise ValueError("`checkpoint_dir` and `progress` are not supported together with `inputs` yet")
-        segments = ("checkpoint_dir", "checkpoint_every", "resume", "progress")
         settings = {k: v for k, v in locals().items()
-                    if k not in ("model", "inputs", "switch_steps", "gather", "segments") + segments}
+                    if k not in ("model", "inputs", "switch_steps", "gather",
+                                 "checkpoint_dir", "checkpoint_every", "resume", "progress")}
         from ._driven import sample_with_inputs
 
         result = sample_with_inputs(model, inputs=inputs, switch_steps=switch_steps, **settings)

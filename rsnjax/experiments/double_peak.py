@@ -248,7 +248,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
     fig = plotting.plot_w1_vs_time(times, {f: w1_curves[(f, "long")] for f in FAMILIES},
                                    floor=results["w1_floor"], ylabel="W₁(samples, target)")
     figures["w1_vs_time"] = plotting.save_figure(fig, out_dir / "w1_vs_time", formats=formats, dpi=config["figure_dpi"])
-    fig = plotting.plot_loss_curves(histories, steps_per_level=config["steps_per_level"], sigmas=sigmas)
+    fig = plotting.plot_loss_curves(histories, sigmas=sigmas)
     figures["loss"] = plotting.save_figure(fig, out_dir / "loss", formats=formats, dpi=config["figure_dpi"])
     return finish_run(out_dir, results, figures, watch, lambda r: comparison_table(r))
 

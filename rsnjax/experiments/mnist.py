@@ -319,8 +319,7 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, data_
     fig = plotting.plot_image_grid(images["RSN"], data["image_shape"], rows=rows, cols=cols,
                                    title=f"RSN (N = {config['hidden']}) samples, inverse PCA")
     figures["samples_rsn"] = plotting.save_figure(fig, out_dir / "samples_rsn", formats=formats, dpi=config["figure_dpi"])
-    steps_per_level = len(next(iter(histories.values()))[0]) // len(sigmas)
-    fig = plotting.plot_loss_curves(histories, steps_per_level=steps_per_level, sigmas=sigmas)
+    fig = plotting.plot_loss_curves(histories, sigmas=sigmas)
     figures["loss"] = plotting.save_figure(fig, out_dir / "loss", formats=formats, dpi=config["figure_dpi"])
     return finish_run(out_dir, results, figures, watch, lambda r: comparison_table(r, config))
 
