@@ -32,7 +32,10 @@ from jax.sharding import PartitionSpec as P
 from . import checkpoint as ckpt
 from . import distributed as dist
 from ._validation import check_array, check_int, check_key, check_positive
-from .conditional import check_pairs, conditional_dsm_value_and_grad, conditional_penalty_grad, is_conditional
+from .conditional import (ConditionalScoreNetwork, check_pairs, conditional_dsm_value_and_grad,
+                          conditional_penalty_grad, is_conditional)
+from .conditional import _backward as _conditional_backward
+from .conditional import _forward as _conditional_forward
 from .dsm import SMALL_DIM, _score_network_backward, _score_network_forward, default_sigmas, dsm_value_and_grad
 from .extent import DataExtent, data_extent, with_extent
 from .networks import ScoreNetwork
@@ -112,10 +115,18 @@ def _extent_points(data_array, draw, key, conditional: bool = False) -> np.ndarr
 
 
 def _far_field_arrays(extent: DataExtent, dtype):
-    """(mean μ, L, radius) for the confinement penalty, with C = L Lᵀ the data's covariance: far
-    points are μ + L w, and ``s @ L`` is the drift seen in the whitened frame."""
-    chol = np.linalg.inv(np.asarray(extent.whitening).reshape(extent.dim, extent.dim))
-    return jnp.asarray(extent.mean, dtype), jnp.asarray(chol, dtype), jnp.asarray(extent.radius, dtype)
+    """(mean μ, L, radius, W) for the confinement penalty and the tail weight, with C = L Lᵀ the
+    data's covariance and W = L⁻¹ its whitening: far points are μ + L w, ``s @ L`` is the drift
+    seen in the whitened frame, and W (x − μ) a point's whitened coordinates."""
+    whitening = np.asarray(extent.whitening).reshape(extent.dim, extent.dim)
+    return (jnp.asarray(extent.mean, dtype), jnp.asarray(np.linalg.inv(whitening), dtype),
+            jnp.asarray(extent.radius, dtype), jnp.asarray(whitening, dtype))
+
+
+def _log_tail_weight(points, mean, whitening, power: float):
+    """log w(x) = (power/2)·log(1 + ‖W (x − μ)‖²): the tail weight of `fit`'s ``tail_weight``."""
+    z = _times_transpose(points - mean, whitening)
+    return 0.5 * power * jnp.log1p(jnp.sum(z * z, axis=-1))
 
 
 def _is_target(data) -> bool:
@@ -188,6 +199,32 @@ def _times_transpose(x, matrix):
     return sum(x[:, k, None] * matrix[:, k] for k in range(d))
 
 
+def weighted_dsm_value_and_grad(model, x, noise, sigma, weights, c=None):
+    """The DSM loss with a weight per row, ½ · mean_i w_i ‖s(x̃_i) + ε_i/σ‖², and its gradient
+    with respect to the model's floating-point arrays (``c``: the inputs of a conditional model).
+    By hand for a `ScoreNetwork` and a `ConditionalScoreNetwork` (the unweighted gradient's
+    passes with the cotangent w_i r_i / batch), by autodiff otherwise. `fit`'s ``tail_weight``."""
+    noisy = x + sigma * noise
+    if c is None and type(model) is ScoreNetwork:
+        pre, h, out = _score_network_forward(model, noisy)
+        residual = out - noisy + noise / sigma
+        loss = 0.5 * jnp.mean(weights * jnp.sum(residual**2, axis=-1))
+        return loss, _score_network_backward(model, noisy, pre, h, weights[:, None] * residual / x.shape[0])
+    if c is not None and type(model) is ConditionalScoreNetwork:
+        pre, h, out = _conditional_forward(model, noisy, c)
+        residual = out - noisy + noise / sigma
+        loss = 0.5 * jnp.mean(weights * jnp.sum(residual**2, axis=-1))
+        return loss, _conditional_backward(model, noisy, c, pre, h, weights[:, None] * residual / x.shape[0])
+
+    def loss_fn(params):
+        m = eqx.combine(params, static)
+        residual = (m(noisy) if c is None else m(noisy, c)) + noise / sigma
+        return 0.5 * jnp.mean(weights * jnp.sum(residual**2, axis=-1))
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    return jax.value_and_grad(loss_fn)(params)
+
+
 def _far_field_penalty_grad(model, points, directions, chol, margin):
     """The gradient of the confinement penalty mean_z relu(⟨Lᵀ s(z), u⟩ + margin)² with respect
     to the model's floating-point arrays: how far the drift, seen in the data's whitened frame,
@@ -213,7 +250,8 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
                         options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False):
     """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
 
-    ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step).
+    ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step,
+    tail-weight power or None).
 
     With a ``mesh`` (a 1-D `jax.sharding.Mesh` over the ``"batch"`` axis) the scan runs under
     `jax.shard_map`: parameters, optimiser state and keys are replicated, each device computes
@@ -225,7 +263,7 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
     block, ``batch_idx`` ``(steps, num_devices, batch_size / num_devices)`` indexes into it, and the
     antithetic pairs are formed within each device's rows.
     """
-    ema_decay, antithetic, confine, num_far = options
+    ema_decay, antithetic, confine, num_far, tail_weight = options
     half = -(-batch_size // 2)
     ndev = 1 if mesh is None else mesh.devices.size
     per_device = batch_size // ndev
@@ -273,23 +311,31 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         else:
             noise = jax.random.normal(k_noise, batch.shape, dtype)
         cond_far = cond  # the far points pair with the whole batch's inputs, as on one device
+        weights = None
+        if tail_weight is not None:  # rows drawn ∝ w(x): weight w(x̃)/w(x) gives E_p[w(x̃) · loss]
+            mean, _, _, whitening = far
+            weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
+                              - _log_tail_weight(batch, mean, whitening, tail_weight))
         if mesh is not None:
             batch, noise = device_rows(batch), device_rows(noise)
             cond = None if cond is None else device_rows(cond)
+            weights = None if weights is None else device_rows(weights)
         return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
-                       batch, cond, noise, cond_far)
+                       batch, cond, noise, cond_far, weights)
 
     def _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise, batch, cond, noise,
-                cond_far=None):
+                cond_far=None, weights=None):
         model = eqx.combine(p, static)
-        if cond is None:
+        if weights is not None:
+            loss, grads = weighted_dsm_value_and_grad(model, batch, noise, sigma, weights, cond)
+        elif cond is None:
             loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
         else:
             loss, grads = conditional_dsm_value_and_grad(model, batch, cond, noise, sigma)
         if mesh is not None:  # the batch mean over all devices
             loss, grads = jax.lax.pmean((loss, grads), _BATCH_AXIS)
         if confine is not None:
-            mean, chol, radius = far
+            mean, chol, radius, _ = far
             k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
             u = jax.random.normal(k_dir, (num_far, batch.shape[1]), dtype)
             u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
@@ -427,6 +473,7 @@ def fit(
     ema_decay: float | None = DEFAULT_EMA_DECAY,
     antithetic: bool = True,
     confine: float | None = DEFAULT_CONFINE,
+    tail_weight: float | None = None,
     key,
     progress: bool | None = None,
     chunk_size: int | None = None,
@@ -476,6 +523,15 @@ def fit(
       least ½ (in whitened units; a unit-variance Laplace tail has √2, so heavy tails remain
       possible). Without it a ReLU drift, unconstrained by DSM where there are no data, can
       grow outward linearly and chains escape. It acts only where it is violated.
+    - `tail_weight`: a power q ≥ 0 (None or 0: off) that weights the DSM loss by
+      w(x̃) = (1 + ‖W (x̃ − μ)‖²)^(q/2) of each noisy input's whitened radius (W, μ: the data's
+      whitening and mean, see `rsnjax.extent`), so that a network of finite size spends more of
+      itself on the tails. A weight that depends on x̃ alone leaves the minimiser, the blurred
+      score, unchanged at every point. Rows are drawn with probability ∝ w(x) (with replacement)
+      and weighted by w(x̃)/w(x), which is ≈ 1 at small σ, so the weighting costs little
+      variance. Needs array `data` (draw a large sample from a target first) and one process.
+      The recorded loss is then the weighted one. Used for heavy tails
+      (``rsnjax reproduce laplace-x``; docs/RESULTS.md §2).
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
@@ -552,6 +608,8 @@ def fit(
     antithetic = bool(antithetic)
     if confine is not None:
         confine = check_positive(confine, "confine", allow_zero=True) or None
+    if tail_weight is not None:
+        tail_weight = check_positive(tail_weight, "tail_weight", allow_zero=True) or None
     dim = _model_dim(model)
     conditional = is_conditional(model)
     data_cond = None
@@ -582,6 +640,10 @@ def fit(
         source, source_static, draw = None, None, None
         kind = f"array:{tuple(data_array.shape)}:{_array_fingerprint(data_array)}"
     sharded = multiprocess and data_array is not None
+    if tail_weight is not None and (data_array is None or multiprocess):
+        raise ValueError("`tail_weight` needs `data` as an array (or (x, c) pairs) in one process, got "
+                         + ("a run under jax.distributed" if multiprocess else f"{kind.split(':')[0]} data")
+                         + "; draw a large sample from a target first")
     if sharded:  # each process's rows: blocks (num_devices, m, ·) of one global array, one per device
         local_rows = data_array.shape[0]
         global_x, block_rows = dist.shard_local_data(np.asarray(data_array), mesh)
@@ -649,11 +711,17 @@ def fit(
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     noise_root, data_root = jax.random.split(key)
-    options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0)
+    options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0, tail_weight)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
     run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options,
                       mesh, sharded)
     far = _far_field_arrays(extent, dtype)
+    row_probs = None
+    if tail_weight is not None:  # rows are drawn ∝ w(x) (see `tail_weight`)
+        log_w = np.asarray(_log_tail_weight(jnp.asarray(data_array, jnp.float32), far[0].astype(jnp.float32),
+                                            far[3].astype(jnp.float32), tail_weight), np.float64)
+        row_probs = np.exp(log_w - log_w.max())
+        row_probs = jnp.asarray(row_probs / row_probs.sum(), jnp.float32)
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
@@ -678,8 +746,10 @@ def fit(
             perm = perms.get((level, epoch))
             if perm is None:
                 perms.clear()
-                perm = np.asarray(jax.random.permutation(
-                    jax.random.fold_in(jax.random.fold_in(data_root, level), epoch), data_array.shape[0]))
+                epoch_key = jax.random.fold_in(jax.random.fold_in(data_root, level), epoch)
+                n = data_array.shape[0]
+                perm = np.asarray(jax.random.permutation(epoch_key, n) if row_probs is None
+                                  else jax.random.choice(epoch_key, n, (n,), p=row_probs))
                 perms[(level, epoch)] = perm
             rows.append(perm[pos * batch_size : (pos + 1) * batch_size])
         return jnp.asarray(np.stack(rows), jnp.int32)
@@ -699,6 +769,7 @@ def fit(
         "batch_size": batch_size, "data": kind, "key": _key_fingerprint(key),
         "weight_decay": weight_decay, "reset_optimizer": bool(reset_optimizer),
         "ema_decay": ema_decay, "antithetic": antithetic, "confine": confine,
+        **({"tail_weight": tail_weight} if tail_weight is not None else {}),
     }
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path.exists():
