@@ -70,9 +70,28 @@ def test_laplace_x_tiny(tmp_path):
     config = ex.PRESETS["laplace-x"]["tiny"]
     rsn = numbers["models"]["RSN"]
     assert set(rsn) >= {"paper", "long"} and len(rsn["paper"]["excess_kurtosis"]) == 2
+    assert len(rsn["long"]["kurtosis_pooled"]) == len(rsn["long"]["kurtosis_pooled_stderr"]) == 2
     saved = config["accel_num_steps"] // config["save_every"]
     for label in ("exact score, plain", "exact score, accelerated", "RSN, plain", "RSN, accelerated"):
         assert np.asarray(numbers["acceleration"][label]["w1_vs_time"]).shape == (saved, 2)
+
+
+def test_laplace_x_pooled_kurtosis_and_its_error():
+    from rsnjax.experiments.laplace_x import pooled_kurtosis
+
+    rng = np.random.default_rng(0)
+    laplace = rng.laplace(scale=1 / np.sqrt(2), size=(10, 4000, 2))     # excess kurtosis exactly 3
+    gauss = rng.normal(size=(10, 4000, 2))
+    for draws, truth in ((laplace, 3.0), (gauss, 0.0)):
+        value, se = pooled_kurtosis(draws)
+        assert value.shape == se.shape == (2,) and np.all(se > 0)
+        assert np.all(np.abs(value - truth) < 5 * se), (value, se)
+    assert np.all(pooled_kurtosis(laplace)[1] < 0.5)  # 40 000 draws a marginal: far below one sample's sd
+    # escaped (beyond the box) and non-finite chains are left out
+    bad = laplace.copy()
+    bad[:, 0] = np.nan
+    bad[:, 1] = 1e3
+    np.testing.assert_allclose(pooled_kurtosis(bad)[0], pooled_kurtosis(laplace[:, 2:])[0])
 
 
 def test_mnist_paper_preset_requires_data():
