@@ -30,6 +30,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from . import checkpoint as ckpt
+from . import _dsm_kernel
 from . import distributed as dist
 from ._validation import check_array, check_int, check_key, check_positive
 from .conditional import check_pairs, conditional_dsm_value_and_grad, conditional_penalty_grad, is_conditional
@@ -195,10 +196,16 @@ def _far_field_penalty_grad(model, points, directions, chol, margin):
     `confine`). Written out by hand for a `ScoreNetwork` (the DSM gradient's backward pass with
     the penalty's output cotangent), by autodiff otherwise."""
     if type(model) is ScoreNetwork:
-        pre, h, out = _score_network_forward(model, points)
+        kernel = _dsm_kernel.applies_to(model, points)
+        if kernel:  # the C++ kernels (rsnjax._dsm_kernel)
+            out = _dsm_kernel.forward(model, points)
+        else:
+            pre, h, out = _score_network_forward(model, points)
         axis = _times_transpose(directions, chol)      # L u: ⟨Lᵀ s, u⟩ = ⟨s, L u⟩
         radial = jnp.sum((out - points) * axis, axis=-1)
         cotangent = (2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
+        if kernel:
+            return _dsm_kernel.backward(model, points, cotangent)
         return _score_network_backward(model, points, pre, h, cotangent)
 
     def penalty(params):
@@ -210,7 +217,8 @@ def _far_field_penalty_grad(model, points, directions, chol, margin):
 
 
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
-                        options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False):
+                        options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False,
+                        kernel: bool = False):
     """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
 
     ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step).
@@ -224,6 +232,9 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
     ``sharded`` (multi-process data) ``data_in`` is ``(num_devices, m, d)``, each device's own
     block, ``batch_idx`` ``(steps, num_devices, batch_size / num_devices)`` indexes into it, and the
     antithetic pairs are formed within each device's rows.
+
+    ``kernel`` is `rsnjax._dsm_kernel.enabled()` when `fit` builds the chunk: a part of the cache
+    key only (the step chooses the C++ kernels or XLA when it is traced).
     """
     ema_decay, antithetic, confine, num_far = options
     half = -(-batch_size // 2)
@@ -652,7 +663,7 @@ def fit(
     options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
     run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options,
-                      mesh, sharded)
+                      mesh, sharded, _dsm_kernel.enabled())
     far = _far_field_arrays(extent, dtype)
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
