@@ -216,6 +216,33 @@ def _far_field_penalty_grad(model, points, directions, chol, margin):
     return jax.grad(penalty)(params)
 
 
+#: A chunk's random numbers (batches, noise, far-field directions) are drawn before its scan, for
+#: all its steps at once, when they take at most this many bytes: JAX lowers its threefry hash on
+#: CPU as a rolled loop, so that each draw inside the scan costs a few microseconds of loop
+#: overhead whatever its size (a DSM step draws ≈ 10 times; measured ≈ 50 µs per step at d = 1,
+#: batch 128, against ≈ 2 µs drawn per chunk; `benchmarks/training_kernel.py`).
+HOIST_BYTES = 16 * 2**20
+
+
+def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batch_idx):
+    """``draws`` of all the chunk's steps at once (`jax.vmap` over the steps: the same numbers
+    as drawn step by step), or None when they are drawn inside the scan (not ``allowed``, more
+    than `HOIST_BYTES`, or data whose sampling does not batch)."""
+    if not allowed:
+        return None
+    batched = jax.vmap(draws, in_axes=(None, None, None, 0, 0))
+    try:
+        shapes = jax.eval_shape(batched, level_key, data_in, source, steps, batch_idx)
+    except _CONCRETE_VALUE_ERRORS:
+        raise  # fit's fallback for targets that need concrete values
+    except Exception:  # noqa: BLE001 - e.g. a target's sample without a batching rule: draw per step
+        return None
+    size = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(shapes))
+    if size > HOIST_BYTES:
+        return None
+    return batched(level_key, data_in, source, steps, batch_idx)
+
+
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
                         options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False,
                         kernel: bool = False):
@@ -260,14 +287,21 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             noise = device_rows(jax.random.normal(k_noise, (batch_size, batch.shape[1]), dtype))
         return batch, cond, noise
 
-    def one_step(carry, xs):
-        p, opt_state, ema, sigma, level_key, data_in, source, far = carry
-        step, batch_idx = xs
+    def far_draws(k_noise, dim):  # the far-field penalty's directions u and radii ρ/radius
+        if confine is None:
+            return None
+        k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
+        u = jax.random.normal(k_dir, (num_far, dim), dtype)
+        u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+        return u, jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
+
+    def draws(level_key, data_in, source, step, batch_idx):
+        """Everything random of one step (it depends on the level's key and the step only):
+        ``(batch, cond, noise, cond_far, far)``, ``far`` = (u, ρ / radius) or None."""
         k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
         if sharded:
             batch, cond, noise = sharded_batch(data_in, batch_idx, k_noise)
-            return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
-                           batch, cond, noise, cond)
+            return batch, cond, noise, cond, far_draws(k_noise, batch.shape[1])
         if from_array:
             batch = jax.tree_util.tree_map(lambda a: a[batch_idx], data_in)
         else:  # a target (its arrays passed in as `source`) or a data callable
@@ -287,11 +321,10 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         if mesh is not None:
             batch, noise = device_rows(batch), device_rows(noise)
             cond = None if cond is None else device_rows(cond)
-        return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
-                       batch, cond, noise, cond_far)
+        return batch, cond, noise, cond_far, far_draws(k_noise, batch.shape[1])
 
-    def _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise, batch, cond, noise,
-                cond_far=None):
+    def _update(p, opt_state, ema, sigma, far, step, drawn):
+        batch, cond, noise, cond_far, far_uv = drawn
         model = eqx.combine(p, static)
         if cond is None:
             loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
@@ -301,11 +334,8 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             loss, grads = jax.lax.pmean((loss, grads), _BATCH_AXIS)
         if confine is not None:
             mean, chol, radius = far
-            k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
-            u = jax.random.normal(k_dir, (num_far, batch.shape[1]), dtype)
-            u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
-            rho = radius * jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
-            points = mean + _times_transpose(rho * u, chol)
+            u, rho = far_uv
+            points = mean + _times_transpose((radius * rho) * u, chol)
             if cond is None:
                 pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
             else:  # each far point paired with an input of the batch
@@ -321,11 +351,21 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         if ema_decay is not None:  # warm-up (1+t)/(10+t), restarted at every level
             beta = jnp.minimum(jnp.asarray(ema_decay, dtype), (1.0 + step) / (10.0 + step)).astype(dtype)
             ema = jax.tree_util.tree_map(lambda e, q: beta * e + (1 - beta) * q, ema, p)
-        return (p, opt_state, ema, sigma, level_key, data_in, source, far), loss
+        return (p, opt_state, ema), loss
 
     def scan_chunk(p, opt_state, ema, sigma, level_key, data_in, source, far, steps, batch_idx):
-        carry, losses = jax.lax.scan(
-            one_step, (p, opt_state, ema, sigma, level_key, data_in, source, far), (steps, batch_idx))
+        hoisted = _hoisted_draws(draws, mesh is None and draw is None, level_key, data_in, source, steps,
+                                 batch_idx)
+
+        def one_step(carry, xs):
+            p, opt_state, ema = carry
+            step, drawn = xs
+            if hoisted is None:  # xs holds the step's batch indices
+                drawn = draws(level_key, data_in, source, step, drawn)
+            return _update(p, opt_state, ema, sigma, far, step, drawn)
+
+        carry, losses = jax.lax.scan(one_step, (p, opt_state, ema),
+                                     (steps, batch_idx if hoisted is None else hoisted))
         return carry[0], carry[1], carry[2], losses
 
     if mesh is None:
