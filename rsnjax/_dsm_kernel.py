@@ -92,12 +92,16 @@ def enabled() -> bool:
     return os.environ.get("RSNJAX_KERNEL", "1").strip() != "0" and available()
 
 
-def vector_width() -> int:
-    """Floats per vector the kernels were compiled for (16 with AVX-512, 8 with AVX, else 4)."""
+def _lib() -> ctypes.CDLL:
     lib = _load()
     if lib is None:
         raise RuntimeError(_LOAD_ERROR)
-    return int(lib.rsnjax_dsm_vector_width())
+    return lib
+
+
+def vector_width() -> int:
+    """Floats per vector the kernels were compiled for (16 with AVX-512, 8 with AVX, else 4)."""
+    return int(_lib().rsnjax_dsm_vector_width())
 
 
 def applies_to(net, x) -> bool:
@@ -131,6 +135,7 @@ def forward(net, x: Float[Array, "rows dim"]) -> Float[Array, "rows dim"]:
 
     **Returns:** ``(rows, dim)`` float32.
     """
+    _lib()  # loads and registers the kernels (RuntimeError when they are not built)
     call = jax.ffi.ffi_call(_FORWARD, jax.ShapeDtypeStruct(x.shape, jnp.float32), vmap_method="sequential")
     act = ACTIVATIONS[net.activation]
     return jax.lax.platform_dependent(
@@ -146,6 +151,7 @@ def backward(net, x: Float[Array, "rows dim"], g: Float[Array, "rows dim"]):
 
     **Returns:** a pytree shaped like ``equinox.filter(net, equinox.is_inexact_array)``.
     """
+    _lib()
     dim, hidden = net.A.shape
     f32 = jnp.float32
     call = jax.ffi.ffi_call(

@@ -243,6 +243,23 @@ def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batc
     return batched(level_key, data_in, source, steps, batch_idx)
 
 
+def _dsm_and_penalty_grads(model, x, noise, sigma, points, directions, chol, margin, weight):
+    """``dsm_value_and_grad(model, x, noise, sigma)`` with ``weight`` × the far-field penalty's
+    gradient (`_far_field_penalty_grad`) added, for a `ScoreNetwork` on the C++ kernels
+    (`rsnjax._dsm_kernel.applies_to`): ONE forward and ONE backward kernel call over the batch's
+    rows and the far points together (the gradient is linear in the output cotangent)."""
+    n = x.shape[0]
+    noisy = x + sigma * noise
+    rows = jnp.concatenate([noisy, points])
+    out = _dsm_kernel.forward(model, rows)
+    residual = out[:n] - noisy + noise / sigma
+    loss = 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+    axis = _times_transpose(directions, chol)
+    radial = jnp.sum((out[n:] - points) * axis, axis=-1)
+    far = (weight * 2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
+    return loss, _dsm_kernel.backward(model, rows, jnp.concatenate([residual / n, far.astype(residual.dtype)]))
+
+
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
                         options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False,
                         kernel: bool = False):
@@ -326,6 +343,13 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
     def _update(p, opt_state, ema, sigma, far, step, drawn):
         batch, cond, noise, cond_far, far_uv = drawn
         model = eqx.combine(p, static)
+        if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
+            mean, chol, radius = far
+            u, rho = far_uv
+            points = mean + _times_transpose((radius * rho) * u, chol)
+            loss, grads = _dsm_and_penalty_grads(model, batch, noise, sigma, points, u, chol, _CONFINE_MARGIN,
+                                                 confine / sigma**2)
+            return _apply(p, opt_state, ema, step, grads), loss
         if cond is None:
             loss, grads = dsm_value_and_grad(model, batch, noise, sigma)
         else:
@@ -346,12 +370,15 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
                     pen_grads = jax.lax.pmean(pen_grads, _BATCH_AXIS)
             weight = confine / sigma**2
             grads = jax.tree_util.tree_map(lambda g, h: g + (weight * h).astype(g.dtype), grads, pen_grads)
+        return _apply(p, opt_state, ema, step, grads), loss
+
+    def _apply(p, opt_state, ema, step, grads):  # the optimiser's step and the moving average
         updates, opt_state = tx.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
         if ema_decay is not None:  # warm-up (1+t)/(10+t), restarted at every level
             beta = jnp.minimum(jnp.asarray(ema_decay, dtype), (1.0 + step) / (10.0 + step)).astype(dtype)
             ema = jax.tree_util.tree_map(lambda e, q: beta * e + (1 - beta) * q, ema, p)
-        return (p, opt_state, ema), loss
+        return p, opt_state, ema
 
     def scan_chunk(p, opt_state, ema, sigma, level_key, data_in, source, far, steps, batch_idx):
         hoisted = _hoisted_draws(draws, mesh is None and draw is None, level_key, data_in, source, steps,

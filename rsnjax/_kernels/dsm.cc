@@ -146,36 +146,51 @@ void forward(const float* x, float* out, const float* A, const float* BT, const 
 
 // --- backward ----------------------------------------------------------------------------------
 
+// One row's contribution to a block's gradient accumulators.
+template <int D, int ACT>
+inline void backward_row(const vf (&av)[D], const vf (&bv)[D], vf bias, const float* xi, const float* gi,
+                         vf (&ga)[D], vf (&gbt)[D], vf& gb) {
+  vf u = bias;
+  for (int k = 0; k < D; ++k) u += xi[k] * bv[k];
+  const vf h = phi<ACT>(u);
+  vf t = gi[0] * av[0];
+  for (int k = 1; k < D; ++k) t += gi[k] * av[k];
+  vf gh;
+  if constexpr (ACT == kRelu) gh = u > 0.0f ? t : splat(0.0f);
+  else gh = t * (1.0f - h * h);
+  for (int k = 0; k < D; ++k) {
+    ga[k] += gi[k] * h;
+    gbt[k] += xi[k] * gh;
+  }
+  gb += gh;
+}
+
 // The gradients of one block of neurons, summed over all rows; the accumulators stay in registers.
+// Two sets of accumulators (even and odd rows, added at the end) hide the adds' latency.
 template <int D, int ACT>
 inline void backward_block(const Block<D>& blk, const float* x, const float* g, int64_t rows,
                            vf (&ga)[D], vf (&gbt)[D], vf& gb) {
-  vf av[D], bv[D];
+  vf av[D], bv[D], ga2[D], gbt2[D];
   const vf bias = load(blk.b);
   for (int k = 0; k < D; ++k) {
     av[k] = load(blk.a[k]);
     bv[k] = load(blk.bt[k]);
-    ga[k] = splat(0.0f);
-    gbt[k] = splat(0.0f);
+    ga[k] = ga2[k] = splat(0.0f);
+    gbt[k] = gbt2[k] = splat(0.0f);
   }
   gb = splat(0.0f);
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* xi = x + i * D;
-    const float* gi = g + i * D;
-    vf u = bias;
-    for (int k = 0; k < D; ++k) u += xi[k] * bv[k];
-    const vf h = phi<ACT>(u);
-    vf t = gi[0] * av[0];
-    for (int k = 1; k < D; ++k) t += gi[k] * av[k];
-    vf gh;
-    if constexpr (ACT == kRelu) gh = u > 0.0f ? t : splat(0.0f);
-    else gh = t * (1.0f - h * h);
-    for (int k = 0; k < D; ++k) {
-      ga[k] += gi[k] * h;
-      gbt[k] += xi[k] * gh;
-    }
-    gb += gh;
+  vf gb2 = splat(0.0f);
+  int64_t i = 0;
+  for (; i + 2 <= rows; i += 2) {
+    backward_row<D, ACT>(av, bv, bias, x + i * D, g + i * D, ga, gbt, gb);
+    backward_row<D, ACT>(av, bv, bias, x + (i + 1) * D, g + (i + 1) * D, ga2, gbt2, gb2);
   }
+  if (i < rows) backward_row<D, ACT>(av, bv, bias, x + i * D, g + i * D, ga, gbt, gb);
+  for (int k = 0; k < D; ++k) {
+    ga[k] += ga2[k];
+    gbt[k] += gbt2[k];
+  }
+  gb += gb2;
 }
 
 template <int D, int ACT>
