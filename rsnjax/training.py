@@ -735,7 +735,7 @@ def fit(
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
-            return jnp.zeros((length, 0), jnp.int32)
+            return np.zeros((length, 0), np.int32)  # NumPy: no eager dispatch per chunk
         if sharded:  # (length, num_devices, rows per device) into each device's own block
             per = batch_size // num_devices
             rows = np.empty((length, num_devices, per), np.int32)
@@ -873,7 +873,7 @@ def fit(
                     return finished(), History(loss_hist, level_hist, sigmas)
                 # A run resumed with another chunk size first realigns to a chunk boundary.
                 length = chunk - step % chunk
-                steps = jnp.arange(step, step + length, dtype=jnp.int32)
+                steps = np.arange(step, step + length, dtype=np.int32)
                 args = (params, opt_state, ema, sigma, level_key, data_in, source, far, steps,
                         batch_indices(level, step, length))
                 try:
