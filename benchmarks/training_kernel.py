@@ -65,7 +65,7 @@ def grad_seconds_per_step(net, x, noise, kernel: bool, steps: int) -> float:
         assert _dsm_kernel.applies_to(model, x) == kernel
 
         def step(p, t):
-            loss, grads = rsnjax.dsm_value_and_grad(eqx.combine(p, static), x + 0 * t, noise, SIGMA)
+            loss, grads = rsnjax.dsm_value_and_grad(eqx.combine(p, static), x + 0 * t, noise + 0 * t, SIGMA)
             return jax.tree_util.tree_map(lambda a, b: a - 1e-6 * b, p, grads), loss
 
         run = jax.jit(lambda p: jax.lax.scan(step, p, jnp.zeros(steps, x.dtype)))
