@@ -30,6 +30,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from . import checkpoint as ckpt
+from . import _dsm_kernel
 from . import distributed as dist
 from ._validation import check_array, check_int, check_key, check_positive
 from .conditional import (ConditionalScoreNetwork, check_pairs, conditional_dsm_value_and_grad,
@@ -205,6 +206,10 @@ def weighted_dsm_value_and_grad(model, x, noise, sigma, weights, c=None):
     By hand for a `ScoreNetwork` and a `ConditionalScoreNetwork` (the unweighted gradient's
     passes with the cotangent w_i r_i / batch), by autodiff otherwise. `fit`'s ``tail_weight``."""
     noisy = x + sigma * noise
+    if c is None and type(model) is ScoreNetwork and _dsm_kernel.applies_to(model, noisy):
+        residual = _dsm_kernel.forward(model, noisy) - noisy + noise / sigma
+        loss = 0.5 * jnp.mean(weights * jnp.sum(residual**2, axis=-1))
+        return loss, _dsm_kernel.backward(model, noisy, weights[:, None] * residual / x.shape[0])
     if c is None and type(model) is ScoreNetwork:
         pre, h, out = _score_network_forward(model, noisy)
         residual = out - noisy + noise / sigma
@@ -232,10 +237,16 @@ def _far_field_penalty_grad(model, points, directions, chol, margin):
     `confine`). Written out by hand for a `ScoreNetwork` (the DSM gradient's backward pass with
     the penalty's output cotangent), by autodiff otherwise."""
     if type(model) is ScoreNetwork:
-        pre, h, out = _score_network_forward(model, points)
+        kernel = _dsm_kernel.applies_to(model, points)
+        if kernel:  # the C++ kernels (rsnjax._dsm_kernel)
+            out = _dsm_kernel.forward(model, points)
+        else:
+            pre, h, out = _score_network_forward(model, points)
         axis = _times_transpose(directions, chol)      # L u: ⟨Lᵀ s, u⟩ = ⟨s, L u⟩
         radial = jnp.sum((out - points) * axis, axis=-1)
         cotangent = (2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
+        if kernel:
+            return _dsm_kernel.backward(model, points, cotangent)
         return _score_network_backward(model, points, pre, h, cotangent)
 
     def penalty(params):
@@ -246,8 +257,57 @@ def _far_field_penalty_grad(model, points, directions, chol, margin):
     return jax.grad(penalty)(params)
 
 
+#: A chunk's random numbers (batches, noise, far-field directions) are drawn before its scan, for
+#: all its steps at once, when they take at most this many bytes: JAX lowers its threefry hash on
+#: CPU as a rolled loop, so that each draw inside the scan costs a few microseconds of loop
+#: overhead whatever its size (a DSM step draws ≈ 10 times; measured ≈ 50 µs per step at d = 1,
+#: batch 128, against ≈ 2 µs drawn per chunk; `benchmarks/training_kernel.py`).
+HOIST_BYTES = 16 * 2**20
+
+
+def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batch_idx):
+    """``draws`` of all the chunk's steps at once (`jax.vmap` over the steps: the same numbers
+    as drawn step by step), or None when they are drawn inside the scan (not ``allowed``, more
+    than `HOIST_BYTES`, or data whose sampling does not batch)."""
+    if not allowed:
+        return None
+    batched = jax.vmap(draws, in_axes=(None, None, None, 0, 0))
+    try:
+        shapes = jax.eval_shape(batched, level_key, data_in, source, steps, batch_idx)
+    except _CONCRETE_VALUE_ERRORS:
+        raise  # fit's fallback for targets that need concrete values
+    except Exception:  # noqa: BLE001 - e.g. a target's sample without a batching rule: draw per step
+        return None
+    size = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(shapes))
+    if size > HOIST_BYTES:
+        return None
+    return batched(level_key, data_in, source, steps, batch_idx)
+
+
+def _dsm_and_penalty_grads(model, x, noise, sigma, points, directions, chol, margin, weight, row_weights=None):
+    """``dsm_value_and_grad(model, x, noise, sigma)`` with ``weight`` × the far-field penalty's
+    gradient (`_far_field_penalty_grad`) added, for a `ScoreNetwork` on the C++ kernels
+    (`rsnjax._dsm_kernel.applies_to`): ONE forward and ONE backward kernel call over the batch's
+    rows and the far points together (the gradient is linear in the output cotangent)."""
+    n = x.shape[0]
+    noisy = x + sigma * noise
+    rows = jnp.concatenate([noisy, points])
+    out = _dsm_kernel.forward(model, rows)
+    residual = out[:n] - noisy + noise / sigma
+    if row_weights is None:
+        loss = 0.5 * jnp.mean(jnp.sum(residual**2, axis=-1))
+    else:  # `fit`'s tail weight: ½ mean_i w_i ‖r_i‖², cotangent w_i r_i / n
+        loss = 0.5 * jnp.mean(row_weights * jnp.sum(residual**2, axis=-1))
+        residual = row_weights[:, None] * residual
+    axis = _times_transpose(directions, chol)
+    radial = jnp.sum((out[n:] - points) * axis, axis=-1)
+    far = (weight * 2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
+    return loss, _dsm_kernel.backward(model, rows, jnp.concatenate([residual / n, far.astype(residual.dtype)]))
+
+
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
-                        options: tuple = (None, False, None, 0), mesh=None, sharded: bool = False):
+                        options: tuple = (None, False, None, 0, None), mesh=None, sharded: bool = False,
+                        kernel: bool = False):
     """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
 
     ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step,
@@ -262,6 +322,9 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
     ``sharded`` (multi-process data) ``data_in`` is ``(num_devices, m, d)``, each device's own
     block, ``batch_idx`` ``(steps, num_devices, batch_size / num_devices)`` indexes into it, and the
     antithetic pairs are formed within each device's rows.
+
+    ``kernel`` is `rsnjax._dsm_kernel.enabled()` when `fit` builds the chunk: a part of the cache
+    key only (the step chooses the C++ kernels or XLA when it is traced).
     """
     ema_decay, antithetic, confine, num_far, tail_weight = options
     half = -(-batch_size // 2)
@@ -287,14 +350,21 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             noise = device_rows(jax.random.normal(k_noise, (batch_size, batch.shape[1]), dtype))
         return batch, cond, noise
 
-    def one_step(carry, xs):
-        p, opt_state, ema, sigma, level_key, data_in, source, far = carry
-        step, batch_idx = xs
+    def far_draws(k_noise, dim):  # the far-field penalty's directions u and radii ρ/radius
+        if confine is None:
+            return None
+        k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
+        u = jax.random.normal(k_dir, (num_far, dim), dtype)
+        u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+        return u, jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
+
+    def draws(level_key, data_in, source, step, batch_idx):
+        """Everything random of one step (it depends on the level's key and the step only):
+        ``(batch, cond, noise, cond_far, far)``, ``far`` = (u, ρ / radius) or None."""
         k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
         if sharded:
             batch, cond, noise = sharded_batch(data_in, batch_idx, k_noise)
-            return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
-                           batch, cond, noise, cond)
+            return batch, cond, noise, cond, far_draws(k_noise, batch.shape[1])
         if from_array:
             batch = jax.tree_util.tree_map(lambda a: a[batch_idx], data_in)
         else:  # a target (its arrays passed in as `source`) or a data callable
@@ -311,21 +381,26 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         else:
             noise = jax.random.normal(k_noise, batch.shape, dtype)
         cond_far = cond  # the far points pair with the whole batch's inputs, as on one device
+        if mesh is not None:
+            batch, noise = device_rows(batch), device_rows(noise)
+            cond = None if cond is None else device_rows(cond)
+        return batch, cond, noise, cond_far, far_draws(k_noise, batch.shape[1])
+
+    def _update(p, opt_state, ema, sigma, far, step, drawn):
+        batch, cond, noise, cond_far, far_uv = drawn
+        model = eqx.combine(p, static)
         weights = None
         if tail_weight is not None:  # rows drawn ∝ w(x): weight w(x̃)/w(x) gives E_p[w(x̃) · loss]
             mean, _, _, whitening = far
             weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
                               - _log_tail_weight(batch, mean, whitening, tail_weight))
-        if mesh is not None:
-            batch, noise = device_rows(batch), device_rows(noise)
-            cond = None if cond is None else device_rows(cond)
-            weights = None if weights is None else device_rows(weights)
-        return _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise,
-                       batch, cond, noise, cond_far, weights)
-
-    def _update(p, opt_state, ema, sigma, level_key, data_in, source, far, step, k_noise, batch, cond, noise,
-                cond_far=None, weights=None):
-        model = eqx.combine(p, static)
+        if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
+            mean, chol, radius, _ = far
+            u, rho = far_uv
+            points = mean + _times_transpose((radius * rho) * u, chol)
+            loss, grads = _dsm_and_penalty_grads(model, batch, noise, sigma, points, u, chol, _CONFINE_MARGIN,
+                                                 confine / sigma**2, weights)
+            return _apply(p, opt_state, ema, step, grads), loss
         if weights is not None:
             loss, grads = weighted_dsm_value_and_grad(model, batch, noise, sigma, weights, cond)
         elif cond is None:
@@ -336,11 +411,8 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             loss, grads = jax.lax.pmean((loss, grads), _BATCH_AXIS)
         if confine is not None:
             mean, chol, radius, _ = far
-            k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
-            u = jax.random.normal(k_dir, (num_far, batch.shape[1]), dtype)
-            u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
-            rho = radius * jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
-            points = mean + _times_transpose(rho * u, chol)
+            u, rho = far_uv
+            points = mean + _times_transpose((radius * rho) * u, chol)
             if cond is None:
                 pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
             else:  # each far point paired with an input of the batch
@@ -351,16 +423,29 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
                     pen_grads = jax.lax.pmean(pen_grads, _BATCH_AXIS)
             weight = confine / sigma**2
             grads = jax.tree_util.tree_map(lambda g, h: g + (weight * h).astype(g.dtype), grads, pen_grads)
+        return _apply(p, opt_state, ema, step, grads), loss
+
+    def _apply(p, opt_state, ema, step, grads):  # the optimiser's step and the moving average
         updates, opt_state = tx.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
         if ema_decay is not None:  # warm-up (1+t)/(10+t), restarted at every level
             beta = jnp.minimum(jnp.asarray(ema_decay, dtype), (1.0 + step) / (10.0 + step)).astype(dtype)
             ema = jax.tree_util.tree_map(lambda e, q: beta * e + (1 - beta) * q, ema, p)
-        return (p, opt_state, ema, sigma, level_key, data_in, source, far), loss
+        return p, opt_state, ema
 
     def scan_chunk(p, opt_state, ema, sigma, level_key, data_in, source, far, steps, batch_idx):
-        carry, losses = jax.lax.scan(
-            one_step, (p, opt_state, ema, sigma, level_key, data_in, source, far), (steps, batch_idx))
+        hoisted = _hoisted_draws(draws, mesh is None and draw is None, level_key, data_in, source, steps,
+                                 batch_idx)
+
+        def one_step(carry, xs):
+            p, opt_state, ema = carry
+            step, drawn = xs
+            if hoisted is None:  # xs holds the step's batch indices
+                drawn = draws(level_key, data_in, source, step, drawn)
+            return _update(p, opt_state, ema, sigma, far, step, drawn)
+
+        carry, losses = jax.lax.scan(one_step, (p, opt_state, ema),
+                                     (steps, batch_idx if hoisted is None else hoisted))
         return carry[0], carry[1], carry[2], losses
 
     if mesh is None:
@@ -714,7 +799,7 @@ def fit(
     options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0, tail_weight)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
     run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options,
-                      mesh, sharded)
+                      mesh, sharded, _dsm_kernel.enabled())
     far = _far_field_arrays(extent, dtype)
     row_probs = None
     if tail_weight is not None:  # rows are drawn ∝ w(x) (see `tail_weight`)
@@ -725,7 +810,7 @@ def fit(
 
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
-            return jnp.zeros((length, 0), jnp.int32)
+            return np.zeros((length, 0), np.int32)  # NumPy: no eager dispatch per chunk
         if sharded:  # (length, num_devices, rows per device) into each device's own block
             per = batch_size // num_devices
             rows = np.empty((length, num_devices, per), np.int32)
@@ -866,7 +951,7 @@ def fit(
                     return finished(), History(loss_hist, level_hist, sigmas)
                 # A run resumed with another chunk size first realigns to a chunk boundary.
                 length = chunk - step % chunk
-                steps = jnp.arange(step, step + length, dtype=jnp.int32)
+                steps = np.arange(step, step + length, dtype=np.int32)
                 args = (params, opt_state, ema, sigma, level_key, data_in, source, far, steps,
                         batch_indices(level, step, length))
                 try:

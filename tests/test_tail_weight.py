@@ -53,7 +53,8 @@ def test_weighted_gradient_matches_autodiff(activation):
     assert _max_diff(grads, ref_grads) <= 1e-6 * max(1.0, float(jnp.max(jnp.abs(ref_grads.A))))
 
 
-def test_recorded_loss_is_the_tail_weighted_expectation():
+@pytest.mark.parametrize("confine", [None, 1.0])  # with the penalty: the kernels' fused pass
+def test_recorded_loss_is_the_tail_weighted_expectation(confine):
     """With the parameters frozen (SGD at rate 0, no averaging) the mean recorded loss estimates
     E_p[w(x̃) ℓ] / E_p[w(x)], w(z) = (1 + ‖W(z − μ)‖²)^(q/2): rows drawn ∝ w(x) and weighted by
     w(x̃)/w(x). Uniform rows, or no weights, give values many standard errors away."""
@@ -62,7 +63,7 @@ def test_recorded_loss_is_the_tail_weighted_expectation():
     model = ScoreNetwork(2, 16, key=jax.random.key(2))
     model = eqx.tree_at(lambda m: m.A, model, 10.0 * model.A)  # a loss that grows with the radius
     _, history = fit(model, data, sigmas=[sigma], steps_per_level=steps, optimizer=optax.sgd(0.0),
-                     ema_decay=None, confine=None, antithetic=False, tail_weight=q, key=jax.random.key(3),
+                     ema_decay=None, confine=confine, antithetic=False, tail_weight=q, key=jax.random.key(3),
                      progress=False)
     recorded = history.loss
     mean, se = recorded.mean(), recorded.std() / np.sqrt(steps)  # steps are independent draws
@@ -100,3 +101,26 @@ def test_tail_weight_zero_is_off_and_bad_input_is_named():
         fit(ScoreNetwork(2, 8, key=jax.random.key(2)), targets.laplace_x(), tail_weight=2.0, **kwargs)
     with pytest.raises(TypeError, match="tail_weight"):
         fit(ScoreNetwork(2, 8, key=jax.random.key(2)), data, tail_weight="heavy", **kwargs)
+
+
+@pytest.mark.skipif(not __import__("rsnjax._dsm_kernel", fromlist=["x"]).available(),
+                    reason="C++ DSM kernel not built")
+@pytest.mark.parametrize("confine", [None, 1.0])
+def test_tail_weighted_fit_on_the_kernels_matches_xla(monkeypatch, confine):
+    """The weighted gradient through the C++ kernels (with the far-field penalty: one fused pass)
+    and through XLA: the same parameters up to float32 rounding over 300 Adam steps."""
+    data = np.asarray(targets.laplace_x().sample(jax.random.key(1), 4096))
+
+    def run():
+        net = ScoreNetwork(2, 61, key=jax.random.key(1))
+        return fit(net, data, sigmas=[1.0, 0.1], steps_per_level=150, batch_size=33, optimizer=optax.adam(1e-3),
+                   confine=confine, tail_weight=2.0, key=jax.random.key(0), progress=False)[0]
+
+    kernel = run()
+    monkeypatch.setenv("RSNJAX_KERNEL", "0")
+    xla = run()
+    eps = float(np.finfo(np.float32).eps)
+    tol = 16 * eps * np.sqrt(33 * 61) * np.sqrt(300)
+    for name in ("A", "B", "b"):
+        ref = np.asarray(getattr(xla, name))
+        np.testing.assert_allclose(np.asarray(getattr(kernel, name)), ref, rtol=0, atol=tol * np.max(np.abs(ref)))
