@@ -615,8 +615,8 @@ def fit(
       score, unchanged at every point. Rows are drawn with probability ∝ w(x) (with replacement)
       and weighted by w(x̃)/w(x), which is ≈ 1 at small σ, so the weighting costs little
       variance. Needs array `data` (draw a large sample from a target first) and one process.
-      The recorded loss is then the weighted one. Used for heavy tails
-      (``rsnjax reproduce laplace-x``; docs/RESULTS.md §2).
+      The recorded loss is then the weighted one. On the heavy-tailed Laplace X, q = 2 raised the
+      stationary kurtosis on one seed of three (docs/RESULTS.md §2): an option, not a default.
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
