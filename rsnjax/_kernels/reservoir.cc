@@ -44,21 +44,39 @@ typedef float vf_unaligned __attribute__((vector_size(kWidth * sizeof(float)), a
 inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf_unaligned*>(p) = v; }
 inline vf splat(float s) { return vf{} + s; }
-inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int k = 0; k < kWidth; ++k) s += v[k];
-  return s;
+// Horizontal sums as a tree of halvings (a serial sum would add a long latency chain per step).
+typedef float v2 __attribute__((vector_size(2 * sizeof(float))));
+inline float hsum(v2 v) { return v[0] + v[1]; }
+typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
+inline float hsum(v4 v) {
+  const auto b = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);
+  return b[0] + b[1];
 }
+#if defined(__AVX512F__) || defined(__AVX__)
+typedef float v8 __attribute__((vector_size(8 * sizeof(float))));
+inline float hsum(v8 v) {
+  return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
+}
+#endif
+#if defined(__AVX512F__)
+inline float hsum(vf v) {
+  return hsum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+#endif
 
 enum Activation : int64_t { kTanh = 0, kRelu = 1 };
 
-// tanh: Eigen's generic_fast_tanh_float (the approximation XLA's CPU backend also uses). The clamp
-// is written so that a NaN stays NaN (both comparisons are false for NaN), as in XLA.
+// tanh: the rational approximation of Eigen's generic_fast_tanh_float (which XLA's CPU backend
+// also uses): clamp to +-7.9053 (tanh is 1 to float precision there), then x P(x^2) / Q(x^2).
+// The clamp is written as x86's min/max (`c < x ? c : x` returns x when x is NaN), so a NaN stays
+// NaN as in XLA. Without Eigen's |x| < 4e-4 shortcut (tanh(x) = x): P/Q is within 1.3e-7
+// relative there, and the shortcut costs three vector operations.
 template <class T>
-inline T tanh_approx(T x_in) {
+inline T tanh_approx(T x) {
   const float clamp = 7.90531110763549805f;
-  T x = x_in > clamp ? clamp : x_in;
-  x = x < -clamp ? -clamp : x;
+  x = clamp < x ? T{} + clamp : x;
+  x = -clamp > x ? T{} - clamp : x;
   const T x2 = x * x;
   T p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = p * x2 + -8.60467152213735e-11f;
@@ -70,111 +88,218 @@ inline T tanh_approx(T x_in) {
   T q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  const T r = p / q;
-  // |x| < 0.0004: tanh(x) = x to float precision
-  const T ax = x_in < 0.0f ? -x_in : x_in;
-  return ax < 0.0004f ? x_in : r;
+  return p / q;
 }
 
-// relu as max(z, 0) that keeps NaN (jax.nn.relu does)
+// relu as max(0, z) that keeps NaN (jax.nn.relu does)
 template <class T>
 inline T relu(T z) {
-  return z < 0.0f ? T{} + 0.0f : z;
+  return 0.0f > z ? T{} + 0.0f : z;
 }
 
-template <int ACT, class T>
-inline T phi(T z) {
-  if constexpr (ACT == kTanh) return tanh_approx(z);
-  else return relu(z);
+// a * phi(z) for the step's leak a. For tanh, a is folded into P's coefficients (a x P(x^2) / Q(x^2)),
+// which saves the multiplication; rounding differs from a * tanh(z) by an ulp.
+template <int ACT>
+struct ScaledPhi {
+  float a;
+  float pa[7];  // a * P's coefficients, highest first (tanh)
+  explicit ScaledPhi(float a_) : a(a_) {
+    const float p[7] = {-2.76076847742355e-16f, 2.00018790482477e-13f, -8.60467152213735e-11f,
+                        5.12229709037114e-08f,  1.48572235717979e-05f, 6.37261928875436e-04f,
+                        4.89352455891786e-03f};
+    for (int k = 0; k < 7; ++k) pa[k] = a_ * p[k];
+  }
+  template <class T>
+  inline T operator()(T x) const {
+    if constexpr (ACT == kRelu) {
+      return a * relu(x);
+    } else {
+      const float clamp = 7.90531110763549805f;
+      x = clamp < x ? T{} + clamp : x;
+      x = -clamp > x ? T{} - clamp : x;
+      const T x2 = x * x;
+      T p = x2 * pa[0] + pa[1];
+      for (int k = 2; k < 7; ++k) p = p * x2 + pa[k];
+      p = p * x;
+      T q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+      q = q * x2 + 2.26843463243900e-03f;
+      q = q * x2 + 4.89352518554385e-03f;
+      return p / q;
+    }
+  }
+};
+
+// Vector types: full width, half width (the tail of N), and plain float (the last few).
+typedef float vh __attribute__((vector_size(kWidth * sizeof(float) / 2)));
+typedef float vh_unaligned __attribute__((vector_size(kWidth * sizeof(float) / 2), aligned(4)));
+inline vh load_h(const float* p) { return *reinterpret_cast<const vh_unaligned*>(p); }
+inline void store_h(float* p, vh v) { *reinterpret_cast<vh_unaligned*>(p) = v; }
+template <class V> struct Ops;
+template <> struct Ops<vf> {
+  static constexpr int kLanes = kWidth;
+  static vf load(const float* p) { return ::load(p); }
+  static void store(float* p, vf v) { ::store(p, v); }
+  static vf splat(float s) { return vf{} + s; }
+};
+template <> struct Ops<vh> {
+  static constexpr int kLanes = kWidth / 2;
+  static vh load(const float* p) { return load_h(p); }
+  static void store(float* p, vh v) { store_h(p, v); }
+  static vh splat(float s) { return vh{} + s; }
+};
+template <> struct Ops<float> {
+  static constexpr int kLanes = 1;
+  static float load(const float* p) { return *p; }
+  static void store(float* p, float v) { *p = v; }
+  static float splat(float s) { return s; }
+};
+inline float hsum(float v) { return v; }
+
+// Neurons [i, i + lanes) of C chains, one step: u <- (1 - a) u + a phi(in_rows^T x + I), and the
+// next readout's partial sums acc[c][j] += W_out[j, i] u. The weights are loaded once for the C chains.
+template <class V, int D, int C, int ACT>
+inline void update(float* const* u, const V (&x)[C][D], V (&acc)[C][D], const float* wo, const float* wi,
+                   const float* bias, const ScaledPhi<ACT>& phi, float b, int64_t n, int64_t i) {
+  using O = Ops<V>;
+  V w_in[D], w_out[D];
+  for (int j = 0; j < D; ++j) {
+    w_in[j] = O::load(wi + j * n + i);
+    w_out[j] = O::load(wo + j * n + i);
+  }
+  const V bi = O::load(bias + i);
+  for (int c = 0; c < C; ++c) {
+    V z = x[c][0] * w_in[0] + bi;  // (x0 r0 + I) + x1 r1 + ...: d multiply-adds
+    for (int j = 1; j < D; ++j) z += x[c][j] * w_in[j];
+    const V un = O::splat(b) * O::load(u[c] + i) + phi(z);
+    O::store(u[c] + i, un);
+    for (int j = 0; j < D; ++j) acc[c][j] += w_out[j] * un;
+  }
 }
 
-// One chain, L steps. u (n) is updated in place; xc is (L, D) for this chain.
-template <int D, int ACT>
-void run_chain(float* __restrict u, const float* __restrict xc, const float* __restrict wo,
-               const float* __restrict wi, const float* __restrict bias, float a, int64_t n,
-               int64_t steps, int32_t* bad_out) {
-  constexpr int U = 2;  // independent accumulator sets (the readout's FMA latency)
+// C chains together over `steps` steps. u[c] (n) is updated in place; xc[c] is (steps, D);
+// bad_out[c] gets the first step whose readout was not finite, or -1.
+template <int D, int C, int ACT>
+void run_chains(float* const* u, const float* const* xc, const float* __restrict wo,
+                const float* __restrict wi, const float* __restrict bias, float a, int64_t n,
+                int64_t steps, int32_t* const* bad_out) {
   const float b = 1.0f - a;
-  const vf av = splat(a), bv = splat(b);
-  float y[D];
-  {  // readout of the incoming state
+  const ScaledPhi<ACT> phi(a);
+  constexpr int64_t W = kWidth, H = kWidth / 2;
+  float y[C][D];
+  // The readout of the incoming state, summed in exactly the order the step loop sums the next
+  // one (full vectors, half vector, last floats), so that the result does not depend on where the
+  // run is cut into chunks (segments and checkpoints reproduce the one-program run bit for bit).
+  for (int c = 0; c < C; ++c) {
     vf acc[D];
     for (int j = 0; j < D; ++j) acc[j] = splat(0.0f);
     int64_t i = 0;
-    for (; i + kWidth <= n; i += kWidth) {
-      const vf ui = load(u + i);
+    for (; i + W <= n; i += W) {
+      const vf ui = load(u[c] + i);
       for (int j = 0; j < D; ++j) acc[j] += load(wo + j * n + i) * ui;
     }
-    for (int j = 0; j < D; ++j) {
-      y[j] = hsum(acc[j]);
-      for (int64_t k = i; k < n; ++k) y[j] += wo[j * n + k] * u[k];
-    }
-  }
-  int32_t bad = -1;
-  for (int64_t t = 0; t < steps; ++t) {
-    float x[D];
-    bool finite = true;
-    for (int j = 0; j < D; ++j) {
-      x[j] = y[j] + xc[t * D + j];
-      finite = finite && std::isfinite(x[j]);
-    }
-    if (!finite && bad < 0) bad = static_cast<int32_t>(t);
-    vf xv[D];
-    for (int j = 0; j < D; ++j) xv[j] = splat(x[j]);
-    vf acc[U][D];
-    for (int k = 0; k < U; ++k)
-      for (int j = 0; j < D; ++j) acc[k][j] = splat(0.0f);
-    int64_t i = 0;
-    for (; i + U * kWidth <= n; i += U * kWidth) {
-      for (int k = 0; k < U; ++k) {
-        const int64_t o = i + k * kWidth;
-        vf z = xv[0] * load(wi + o);
-        for (int j = 1; j < D; ++j) z += xv[j] * load(wi + j * n + o);
-        z += load(bias + o);
-        const vf un = bv * load(u + o) + av * phi<ACT>(z);
-        store(u + o, un);
-        for (int j = 0; j < D; ++j) acc[k][j] += load(wo + j * n + o) * un;
+    for (int j = 0; j < D; ++j) y[c][j] = hsum(acc[j]);
+    if (i + H <= n) {
+      const vh ui = load_h(u[c] + i);
+      for (int j = 0; j < D; ++j) {
+        vh ah = vh{} + 0.0f;
+        ah += load_h(wo + j * n + i) * ui;
+        y[c][j] += hsum(ah);
       }
+      i += H;
     }
-    for (; i + kWidth <= n; i += kWidth) {
-      vf z = xv[0] * load(wi + i);
-      for (int j = 1; j < D; ++j) z += xv[j] * load(wi + j * n + i);
-      z += load(bias + i);
-      const vf un = bv * load(u + i) + av * phi<ACT>(z);
-      store(u + i, un);
-      for (int j = 0; j < D; ++j) acc[0][j] += load(wo + j * n + i) * un;
+    for (; i < n; ++i)
+      for (int j = 0; j < D; ++j) {
+        float as = 0.0f;
+        as += wo[j * n + i] * u[c][i];
+        y[c][j] += as;
+      }
+  }
+  int32_t bad[C];
+  for (int c = 0; c < C; ++c) bad[c] = -1;
+  for (int64_t t = 0; t < steps; ++t) {
+    float x[C][D];
+    for (int c = 0; c < C; ++c) {
+      bool finite = true;
+      for (int j = 0; j < D; ++j) {
+        x[c][j] = y[c][j] + xc[c][t * D + j];
+        finite = finite && std::isfinite(x[c][j]);
+      }
+      if (!finite && bad[c] < 0) bad[c] = static_cast<int32_t>(t);
     }
-    for (int j = 0; j < D; ++j) {
-      vf s = acc[0][j];
-      for (int k = 1; k < U; ++k) s += acc[k][j];
-      y[j] = hsum(s);
+    vf xv[C][D], acc[C][D];
+    for (int c = 0; c < C; ++c)
+      for (int j = 0; j < D; ++j) {
+        xv[c][j] = splat(x[c][j]);
+        acc[c][j] = splat(0.0f);
+      }
+    int64_t i = 0;
+    for (; i + W <= n; i += W) update<vf, D, C, ACT>(u, xv, acc, wo, wi, bias, phi, b, n, i);
+    for (int c = 0; c < C; ++c)
+      for (int j = 0; j < D; ++j) y[c][j] = hsum(acc[c][j]);
+    if (i + H <= n) {
+      vh xh[C][D], ah[C][D];
+      for (int c = 0; c < C; ++c)
+        for (int j = 0; j < D; ++j) {
+          xh[c][j] = vh{} + x[c][j];
+          ah[c][j] = vh{} + 0.0f;
+        }
+      update<vh, D, C, ACT>(u, xh, ah, wo, wi, bias, phi, b, n, i);
+      i += H;
+      for (int c = 0; c < C; ++c)
+        for (int j = 0; j < D; ++j) y[c][j] += hsum(ah[c][j]);
     }
     for (; i < n; ++i) {
-      float z = x[0] * wi[i];
-      for (int j = 1; j < D; ++j) z += x[j] * wi[j * n + i];
-      z += bias[i];
-      const float un = b * u[i] + a * phi<ACT>(z);
-      u[i] = un;
-      for (int j = 0; j < D; ++j) y[j] += wo[j * n + i] * un;
+      float as[C][D];
+      for (int c = 0; c < C; ++c)
+        for (int j = 0; j < D; ++j) as[c][j] = 0.0f;
+      update<float, D, C, ACT>(u, x, as, wo, wi, bias, phi, b, n, i);
+      for (int c = 0; c < C; ++c)
+        for (int j = 0; j < D; ++j) y[c][j] += as[c][j];
     }
   }
-  *bad_out = bad;
+  for (int c = 0; c < C; ++c) *bad_out[c] = bad[c];
+}
+
+// chains [lo, hi) of the block: C = 2 at a time (shared weight loads, two independent chains in
+// flight), the odd one alone
+template <int D, int ACT>
+void run_range(float* u, const float* xc, const float* wo, const float* wi, const float* bias, float a,
+               int64_t n, int64_t steps, int32_t* bad, int64_t lo, int64_t hi) {
+  constexpr int C = (ACT == kRelu && D <= 2) ? 4 : (ACT == kTanh && D <= 2) ? 1 : D <= 4 ? 2 : 1;
+  int64_t c = lo;
+  for (; c + C <= hi; c += C) {
+    float* us[C];
+    const float* xs[C];
+    int32_t* bs[C];
+    for (int k = 0; k < C; ++k) {
+      us[k] = u + (c + k) * n;
+      xs[k] = xc + (c + k) * steps * D;
+      bs[k] = bad + c + k;
+    }
+    run_chains<D, C, ACT>(us, xs, wo, wi, bias, a, n, steps, bs);
+  }
+  for (; c < hi; ++c) {
+    float* us[1] = {u + c * n};
+    const float* xs[1] = {xc + c * steps * D};
+    int32_t* bs[1] = {bad + c};
+    run_chains<D, 1, ACT>(us, xs, wo, wi, bias, a, n, steps, bs);
+  }
 }
 
 using ChainFn = void (*)(float*, const float*, const float*, const float*, const float*, float, int64_t,
-                         int64_t, int32_t*);
+                         int64_t, int32_t*, int64_t, int64_t);
 
 template <int ACT>
 ChainFn pick_d(int64_t d) {
   switch (d) {
-    case 1: return run_chain<1, ACT>;
-    case 2: return run_chain<2, ACT>;
-    case 3: return run_chain<3, ACT>;
-    case 4: return run_chain<4, ACT>;
-    case 5: return run_chain<5, ACT>;
-    case 6: return run_chain<6, ACT>;
-    case 7: return run_chain<7, ACT>;
-    case 8: return run_chain<8, ACT>;
+    case 1: return run_range<1, ACT>;
+    case 2: return run_range<2, ACT>;
+    case 3: return run_range<3, ACT>;
+    case 4: return run_range<4, ACT>;
+    case 5: return run_range<5, ACT>;
+    case 6: return run_range<6, ACT>;
+    case 7: return run_range<7, ACT>;
+    case 8: return run_range<8, ACT>;
     default: return nullptr;
   }
 }
@@ -221,7 +346,7 @@ ffi::Error ReservoirStepsImpl(ffi::Buffer<ffi::F32> u_in, ffi::Buffer<ffi::F32> 
   const float* bi = bias.typed_data();
   int32_t* badp = bad->typed_data();
   parallel_for(chains, num_threads, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) fn(u + c * n, xcp + c * steps * d, wo, wi, bi, a, n, steps, badp + c);
+    fn(u, xcp, wo, wi, bi, a, n, steps, badp, lo, hi);
   });
   return ffi::Error::Success();
 }
