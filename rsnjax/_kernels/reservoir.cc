@@ -260,12 +260,13 @@ void run_chains(float* const* u, const float* const* xc, const float* __restrict
   for (int c = 0; c < C; ++c) *bad_out[c] = bad[c];
 }
 
-// chains [lo, hi) of the block: C = 2 at a time (shared weight loads, two independent chains in
-// flight), the odd one alone
+// chains [lo, hi) of the block: C at a time (4 for d <= 2, 2 for d <= 4: the weights are loaded
+// once for C chains, and C independent chains are in flight), the rest one by one. Each chain's
+// arithmetic is the same in any group, so the results do not depend on the grouping (bits).
 template <int D, int ACT>
 void run_range(float* u, const float* xc, const float* wo, const float* wi, const float* bias, float a,
                int64_t n, int64_t steps, int32_t* bad, int64_t lo, int64_t hi) {
-  constexpr int C = (ACT == kRelu && D <= 2) ? 4 : (ACT == kTanh && D <= 2) ? 1 : D <= 4 ? 2 : 1;
+  constexpr int C = D <= 2 ? 4 : D <= 4 ? 2 : 1;
   int64_t c = lo;
   for (; c + C <= hi; c += C) {
     float* us[C];
