@@ -2,7 +2,8 @@
 
 One process, one run: for N = 1000 and 5000, d = 2, 10 000 chains, φ = tanh and relu, it times
 `rsnjax.sample` (scan backend) with ``RSNJAX_KERNEL=0`` (XLA's loop) and ``=1`` (the kernel),
-best of 3 after a compiling call, and, right before each pair, the bounds they are held to:
+and the bounds they are held to, in turns (3 rounds of: each bound, XLA's loop, the kernel; each
+timed call about 1 s long; best of the rounds), after a compiling call:
 
 - tanh: the machine's tanh throughput, the best of a plain elementwise loop in XLA (a jitted
   ``fori_loop`` over 1000 × 1000 floats per device, sharded over the devices) and in C++ (the
@@ -101,17 +102,31 @@ def main(argv=None) -> dict:
     cores = _cores()
     dim = 2
 
-    def bounds(activation: str) -> dict:
-        if activation == "tanh":
-            rates = {"C++ loop, 1000 floats per thread": cpp_phi_rate("tanh", cores, 1000, 2_000 if q else 50_000, rep),
-                     "C++ loop, 10^6 floats per thread": cpp_phi_rate("tanh", cores, 1_000_000, 2 if q else 50, rep),
-                     "XLA loop": xla_phi_rate("tanh", 2 if q else 50, rep)}
-        else:
-            rates = {"C++ FMA loop": cpp_fma_peak(cores, 10_000 if q else 20_000_000, rep),
-                     "XLA matmul 2048²": xla_matmul_peak(256 if q else 2048, rep + 2),
-                     "relu C++ loop, 1000 floats per thread": cpp_phi_rate("relu", cores, 1000, 2_000 if q else 100_000, rep)}
-        return rates
+    target = 0.1 if q else 1.0  # seconds per timed call: as long as a sampler run, not a quiet burst
 
+    def calibrated(rate_fn, first_iters):
+        """rate_fn(iters) -> rate; the iteration count that takes about `target` seconds."""
+        t0 = time.perf_counter()
+        rate_fn(first_iters)
+        dt = max(time.perf_counter() - t0, 1e-4)
+        return max(1, int(first_iters * target / dt))
+
+    def bound_fns(activation: str) -> dict:
+        """name -> a function that times one call and returns a rate (φ/s or FLOP/s)."""
+        if activation == "tanh":
+            fns = {"C++ loop, 1000 floats per thread": lambda it: cpp_phi_rate("tanh", cores, 1000, it, 1),
+                   "C++ loop, 10^6 floats per thread": lambda it: cpp_phi_rate("tanh", cores, 1_000_000, it, 1),
+                   "XLA loop": lambda it: xla_phi_rate("tanh", it, 1)}
+            first = {"C++ loop, 1000 floats per thread": 20_000, "C++ loop, 10^6 floats per thread": 20,
+                     "XLA loop": 20}
+        else:
+            fns = {"C++ FMA loop": lambda it: cpp_fma_peak(cores, it, 1),
+                   "relu C++ loop, 1000 floats per thread": lambda it: cpp_phi_rate("relu", cores, 1000, it, 1)}
+            first = {"C++ FMA loop": 1_000_000, "relu C++ loop, 1000 floats per thread": 50_000}
+        iters = {k: calibrated(f, first[k]) for k, f in fns.items()}
+        return {k: (lambda f=f, it=iters[k]: f(it)) for k, f in fns.items()}
+
+    matmul = xla_matmul_peak(256 if q else 2048, rep + 2)
     rows = []
     for hidden in (1000, 5000):
         steps = max(10, int((2e8 if q else 5e9) / (chains * hidden)))
@@ -119,16 +134,26 @@ def main(argv=None) -> dict:
             net = rsnjax.ScoreNetwork(dim, hidden, activation=activation, key=jax.random.key(0))
             model = rsnjax.ReservoirSampler.from_score_network(net)
             load = os.getloadavg()[0]
-            b = bounds(activation)
-            row = dict(hidden=hidden, dim=dim, activation=activation, chains=chains, steps=steps,
-                       bounds=b, load_before=load)
-            for path, flag in (("xla", "0"), ("kernel", "1")):
+            fns = bound_fns(activation)
+            b = {k: 0.0 for k in fns}
+            row = dict(hidden=hidden, dim=dim, activation=activation, chains=chains, steps=steps, load_before=load)
+            kw = dict(key=jax.random.key(1), num_chains=chains, num_steps=steps, step_size=0.01,
+                      warn=False, on_nonfinite="flag", progress=False)
+            best = {"xla": float("inf"), "kernel": float("inf")}
+            for path, flag in (("xla", "0"), ("kernel", "1")):  # compile
                 os.environ["RSNJAX_KERNEL"] = flag
-                kw = dict(key=jax.random.key(1), num_chains=chains, num_steps=steps, step_size=0.01,
-                          warn=False, on_nonfinite="flag", progress=False)
-                first = rsnjax.sample(model, **kw)
-                best = min(rsnjax.sample(model, **kw).wall_time for _ in range(rep))
-                row[path] = dict(chain_steps_per_s=chains * steps / best, compile_s=first.compile_time)
+                row[path] = dict(compile_s=rsnjax.sample(model, **kw).compile_time)
+            for _ in range(rep):  # rounds: each bound, XLA's loop, the kernel, in turns
+                for k, f in fns.items():
+                    b[k] = max(b[k], f())
+                for path, flag in (("xla", "0"), ("kernel", "1")):
+                    os.environ["RSNJAX_KERNEL"] = flag
+                    best[path] = min(best[path], rsnjax.sample(model, **kw).wall_time)
+            for path in best:
+                row[path]["chain_steps_per_s"] = chains * steps / best[path]
+            if activation == "relu":
+                b["XLA matmul 2048²"] = matmul
+            row["bounds"] = b
             row["load_after"] = os.getloadavg()[0]
             if activation == "tanh":
                 bound = max(b.values())
