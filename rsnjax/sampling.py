@@ -766,12 +766,11 @@ def scan_steps(sde, keys, h, dtype, unroll: int, also: Callable | None = None) -
     A reservoir's loop runs through rsnjax's C++ kernel instead when it is built and applies
     (`rsnjax._kernels`; ``RSNJAX_KERNEL=0`` turns it off): same carry, same noise, float32
     rounding apart."""
-    if also is None:
-        from ._kernels import reservoir_runner
+    from ._kernels import reservoir_runner
 
-        kernel_run = reservoir_runner(sde, keys, h, dtype)
-        if kernel_run is not None:
-            return kernel_run
+    kernel_run = reservoir_runner(sde, keys, h, dtype, also)
+    if kernel_run is not None:
+        return kernel_run
 
     def step(carry, t):
         state, bad, *extra = carry

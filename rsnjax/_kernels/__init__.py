@@ -6,7 +6,7 @@ applicable, and through XLA's loop otherwise (the reference; the two agree to fl
 - built: the package's install compiles it (setup.py; an optional extension, skipped without a
   C++ compiler). `available` says whether it loaded.
 - applicable (`applies_to`): a `ReservoirLangevin` without skew in its loop form
-  (``_ReservoirStep``), φ = tanh or relu, 1 ≤ d ≤ `MAX_DIM`, float32.
+  (``_ReservoirStep``), φ = tanh or relu, 1 ≤ d ≤ `MAX_DIM`, float32, on the CPU backend.
 - enabled: the environment variable ``RSNJAX_KERNEL`` is not ``0`` (read when a sampler is
   compiled; ``RSNJAX_KERNEL=0`` forces XLA's loop). ``RSNJAX_KERNEL_THREADS`` sets the threads
   each call uses (default: the usable cores divided by the local JAX devices, at least 1).
@@ -117,13 +117,15 @@ def applies_to(sde, dtype) -> bool:
     from ..sde import _ReservoirStep
 
     return (type(sde) is _ReservoirStep and sde.activation in ACTIVATIONS and 1 <= sde.dim <= MAX_DIM
-            and jnp.dtype(dtype) == jnp.float32)
+            and jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu")
 
 
-def reservoir_runner(sde, keys, h, dtype):
+def reservoir_runner(sde, keys, h, dtype, also=None):
     """The kernel's version of `rsnjax.sampling.scan_steps`'s ``run(carry, start, length)`` for a
     block of chains with noise key words ``keys`` ``(block, 2)``, or None when the kernel is not
-    enabled or does not apply. ``carry = ((u, c), nonfinite_step, *extra)``, extra passed through."""
+    enabled or does not apply. ``carry = ((u, c), nonfinite_step, *extra)``; with ``also``,
+    ``extra = [p]`` is advanced as ``p = also(p, t)`` for each step t of a chunk (a recording's
+    private noise, which does not depend on the state), else extra is passed through."""
     if not (enabled() and applies_to(sde, dtype)):
         return None
     from ..sampling import step_noise
@@ -149,6 +151,8 @@ def reservoir_runner(sde, keys, h, dtype):
         u, first = call(u, jnp.moveaxis(xc, 0, 1), sde.W_out, sde.in_rows, sde.I, a,
                         activation=act, num_threads=threads)
         bad = jnp.where((bad < 0) & (first >= 0), start.astype(jnp.int32) + first, bad)
+        if also is not None:
+            extra = [jax.lax.scan(lambda p, t: (also(p, t), None), extra[0], ts)[0]]
         return ((u, c), bad, *extra)
 
     def run(carry, start, length):
