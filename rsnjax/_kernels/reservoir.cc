@@ -18,6 +18,7 @@
 // Build: setup.py (an optional extension; the package works without it, on XLA's loop). The
 // XLA FFI headers are vendored in include/ (Apache-2.0, see NOTICE).
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -322,6 +323,22 @@ void parallel_for(int64_t count, int64_t threads, F&& body) {
   for (auto& th : pool) th.join();
 }
 
+// The chains of a call in pieces of `grain`, taken by `threads` threads as they come free (a
+// thread slowed by another process on its core does not hold up the call).
+template <class F>
+void parallel_for_dynamic(int64_t count, int64_t grain, int64_t threads, F&& body) {
+  const int64_t pieces = (count + grain - 1) / grain;
+  threads = std::max<int64_t>(1, std::min(threads, pieces));
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
+    for (int64_t k; (k = next.fetch_add(1)) < pieces;) body(k * grain, std::min(count, (k + 1) * grain));
+  };
+  std::vector<std::thread> pool;
+  for (int64_t k = 1; k < threads; ++k) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+}
+
 ffi::Error ReservoirStepsImpl(ffi::Buffer<ffi::F32> u_in, ffi::Buffer<ffi::F32> xc,
                               ffi::Buffer<ffi::F32> w_out, ffi::Buffer<ffi::F32> in_rows,
                               ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> leak,
@@ -346,7 +363,9 @@ ffi::Error ReservoirStepsImpl(ffi::Buffer<ffi::F32> u_in, ffi::Buffer<ffi::F32> 
   const float* wi = in_rows.typed_data();
   const float* bi = bias.typed_data();
   int32_t* badp = bad->typed_data();
-  parallel_for(chains, num_threads, [&](int64_t lo, int64_t hi) {
+  // pieces of 16 chains (a multiple of the chains processed together), at least 8 per thread
+  const int64_t grain = std::max<int64_t>(16, (chains / std::max<int64_t>(1, 8 * num_threads)) / 16 * 16);
+  parallel_for_dynamic(chains, grain, num_threads, [&](int64_t lo, int64_t hi) {
     fn(u, xcp, wo, wi, bi, a, n, steps, badp, lo, hi);
   });
   return ffi::Error::Success();
