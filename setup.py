@@ -1,10 +1,13 @@
-"""Build rsnjax's optional C++ kernels (called through ``jax.ffi``).
+"""Build rsnjax's optional C++ kernels (called through ``jax.ffi``): the fused reservoir step
+(rsnjax/_kernels/reservoir.cc, used by `rsnjax.sample`) and a `ScoreNetwork`'s DSM forward and
+backward passes (rsnjax/_kernels/dsm.cc, used by `rsnjax.fit`).
 
 Everything else is configured in pyproject.toml. The kernels are optional: when they cannot be
 built (no C++ compiler, ``RSNJAX_BUILD_KERNEL=0``) the install goes on without them and rsnjax
 uses XLA. They are compiled for the machine that builds them (``-O3 -march=native``); set
 ``RSNJAX_KERNEL_CFLAGS`` to other flags (e.g. ``"-O3 -mavx2 -mfma"`` for a wheel that runs on
-other machines).
+other machines). The XLA FFI headers are vendored (rsnjax/_kernels/include), so jaxlib is not
+needed at build time.
 """
 
 import os
@@ -36,29 +39,20 @@ class OptionalBuildExt(build_ext):
               file=sys.stderr)
 
 
-def _ffi_include_dirs():
-    """The XLA FFI headers: vendored under rsnjax/_kernels/include, else jaxlib's copy."""
-    dirs = ["rsnjax/_kernels/include"]
-    try:
-        import jax.ffi
-
-        dirs.append(jax.ffi.include_dir())
-    except Exception:  # noqa: BLE001 - jax not importable at build time: the vendored copy only
-        pass
-    return dirs
-
-
+HEADERS = ["rsnjax/_kernels/include/xla/ffi/api/api.h", "rsnjax/_kernels/include/xla/ffi/api/c_api.h",
+           "rsnjax/_kernels/include/xla/ffi/api/ffi.h"]
 flags = shlex.split(os.environ.get("RSNJAX_KERNEL_CFLAGS", "-O3 -march=native"))
 ext_modules = []
 if os.environ.get("RSNJAX_BUILD_KERNEL", "1") != "0":
-    # the score network's forward/backward for the DSM training step (rsnjax/_dsm_kernel.py)
-    ext_modules.append(Extension(
-        "rsnjax._kernels._dsm",
-        sources=["rsnjax/_kernels/dsm.cc"],
-        include_dirs=_ffi_include_dirs(),
-        language="c++",
-        extra_compile_args=["-std=c++17", "-fno-math-errno", *flags],
-        optional=True,
-    ))
+    for name, source in (("_reservoir", "reservoir.cc"), ("_dsm", "dsm.cc")):
+        ext_modules.append(Extension(
+            f"rsnjax._kernels.{name}",
+            sources=[f"rsnjax/_kernels/{source}"],
+            include_dirs=["rsnjax/_kernels/include"],
+            depends=HEADERS,
+            language="c++",
+            extra_compile_args=["-std=c++17", "-fno-math-errno", *flags],
+            optional=True,
+        ))
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

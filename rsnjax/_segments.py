@@ -163,6 +163,7 @@ def _make_segment_runner(*, pre: int, num_saved: int, save_every, block: int, un
 
 def _compiled_segment(sde, args, *, pre, num_saved, save_every, block, unroll, return_state, dtype,
                       devices):
+    from ._kernels import setting as kernel_setting
     from .sampling import _COMPILED, _COMPILED_MAX, _compile_cache_key
 
     runner = _make_segment_runner(pre=pre, num_saved=num_saved, save_every=save_every, block=block,
@@ -179,7 +180,7 @@ def _compiled_segment(sde, args, *, pre, num_saved, save_every, block, unroll, r
         runner = lambda sde_, *a: sharded(eqx.filter(sde_, eqx.is_array), *a)  # noqa: E731
     key = _compile_cache_key(sde_static, (sde_arrays,) + args,
                              ("segment", pre, num_saved, save_every, block, unroll, return_state,
-                              str(dtype), tuple(d.id for d in devices)))
+                              str(dtype), tuple(d.id for d in devices), kernel_setting()))
     compiled = _COMPILED.get(key) if key is not None else None
     if compiled is None:
         fn = jax.jit(lambda arrays, *a: runner(eqx.combine(arrays, sde_static), *a))

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from . import distributed as dist
 from ._recording import RecordingSDE, plan_recording, simulate_block as simulate_recording
+from ._kernels import setting as kernel_setting
 from ._validation import check_array, check_int, check_key, check_positive
 from .extent import DEFAULT_ESCAPE_FACTOR, DataExtent, with_extent
 from .networks import SamplerOnly, ScoreNetwork
@@ -654,7 +655,7 @@ def sample(
             args = dist.global_sample_args(args, mesh)
         cache_key = _compile_cache_key(
             sde_static, args, (backend, burn_in, num_steps, save_every, block, unroll,
-                               return_state, str(dtype), tuple(d.id for d in devices)))
+                               return_state, str(dtype), tuple(d.id for d in devices), kernel_setting()))
         t0 = time.perf_counter()
         compiled = _COMPILED.get(cache_key) if cache_key is not None else None
         if compiled is None:
@@ -760,7 +761,16 @@ def scan_steps(sde, keys, h, dtype, unroll: int, also: Callable | None = None) -
     global steps ``start, ..., start + length − 1`` (the noise of step t is `step_noise` of t, so
     a run cut into pieces at any steps gives the same numbers as one piece). With ``also``, the
     carry has a third part ``p``, advanced as ``also(p, t)`` after each step (the recording's
-    private noise)."""
+    private noise).
+
+    A reservoir's loop runs through rsnjax's C++ kernel instead when it is built and applies
+    (`rsnjax._kernels`; ``RSNJAX_KERNEL=0`` turns it off): same carry, same noise, float32
+    rounding apart."""
+    from ._kernels import reservoir_runner
+
+    kernel_run = reservoir_runner(sde, keys, h, dtype, also)
+    if kernel_run is not None:
+        return kernel_run
 
     def step(carry, t):
         state, bad, *extra = carry

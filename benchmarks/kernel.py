@@ -1,0 +1,200 @@
+"""The reservoir sampler on XLA's loop and on rsnjax's C++ kernel, against the machine's bounds.
+
+One process, one run: for N = 1000 and 5000, d = 2, 10 000 chains, φ = tanh and relu, it times
+`rsnjax.sample` (scan backend) with ``RSNJAX_KERNEL=0`` (XLA's loop) and ``=1`` (the kernel),
+and the bounds they are held to, in turns (3 rounds of: each bound, XLA's loop, the kernel; each
+timed call about 1 s long; best of the rounds), after a compiling call:
+
+- tanh: the machine's tanh throughput, the best of a plain elementwise loop in XLA (a jitted
+  ``fori_loop`` over 1000 × 1000 floats per device, sharded over the devices) and in C++ (the
+  kernel's tanh, one thread per core, 1000 × 1000 and 1000 floats per thread). A reservoir
+  chain-step evaluates N tanh, so the bound is tanh/s ÷ N chain-steps/s.
+- relu: the float32 FLOP peak, the best of a C++ loop of independent vector FMAs on all cores and
+  XLA's 2048² matrix product. FLOPs per neuron and step: 4d + 3 = 11 at d = 2 (a multiply and an
+  add counted as 2 even when fused; the max of relu not counted): W_in x + I (2d), the leak
+  (1 − a)u + a·φ (3), the next readout W_out u (2d). The relu plain-loop rate is reported too.
+
+Prints a Markdown table (with the load average next to each row) and writes JSON::
+
+    python benchmarks/kernel.py                 # ~2.5 min on 2 idle cores
+    python benchmarks/kernel.py --devices 2     # 2 XLA CPU devices (kernel: 1 thread each)
+    python benchmarks/kernel.py --quick         # a smoke test
+
+Measure on a quiet machine (``uptime``): the ratios are taken within one process, so they share
+the machine's load, but absolute rates drop under load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+FLOPS_PER_NEURON = lambda d: 4 * d + 3  # noqa: E731
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def xla_phi_rate(activation: str, iters: int, repeats: int) -> float:
+    """φ/s of a jitted fori_loop over 1000 × 1000 floats per local device (sharded)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    devices = jax.local_devices()
+    phi = jnp.tanh if activation == "tanh" else (lambda z: jnp.maximum(z, 0.0))
+    loop = jax.jit(lambda x: jax.lax.fori_loop(0, iters, lambda i, x: phi(x) * 1.0001 + 1e-3, x))
+    x = jnp.full((1000 * len(devices), 1000), 0.3, jnp.float32)
+    if len(devices) > 1:
+        x = jax.device_put(x, NamedSharding(Mesh(np.array(devices), ("d",)), P("d")))
+    loop(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loop(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return x.size * iters / best
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--devices", type=int, default=1, help="XLA CPU devices (default 1)")
+    parser.add_argument("--out", default=str(HERE / "results" / "kernel.json"))
+    args = parser.parse_args(argv)
+
+    import jax
+
+    from rsnjax.sampling import configure_cpu
+
+    configure_cpu(args.devices)
+    import jaxlib
+    import numpy as np
+
+    import rsnjax
+    from machine_bounds import _cores, cpp_fma_peak, cpp_phi_rate, xla_matmul_peak
+    from rsnjax import _kernels
+
+    if not _kernels.available():
+        raise SystemExit(f"the kernel is not available: {_kernels.unavailable_reason()}")
+    q = args.quick
+    rep = 1 if q else 3
+    chains = 1000 if q else 10_000
+    cores = _cores()
+    dim = 2
+
+    target = 0.1 if q else 1.0  # seconds per timed call: as long as a sampler run, not a quiet burst
+
+    def calibrated(rate_fn, first_iters):
+        """rate_fn(iters) -> rate; the iteration count that takes about `target` seconds."""
+        t0 = time.perf_counter()
+        rate_fn(first_iters)
+        dt = max(time.perf_counter() - t0, 1e-4)
+        return max(1, int(first_iters * target / dt))
+
+    def bound_fns(activation: str) -> dict:
+        """name -> a function that times one call and returns a rate (φ/s or FLOP/s)."""
+        if activation == "tanh":
+            fns = {"C++ loop, 1000 floats per thread": lambda it: cpp_phi_rate("tanh", cores, 1000, it, 1),
+                   "C++ loop, 10^6 floats per thread": lambda it: cpp_phi_rate("tanh", cores, 1_000_000, it, 1),
+                   "XLA loop": lambda it: xla_phi_rate("tanh", it, 1)}
+            first = {"C++ loop, 1000 floats per thread": 20_000, "C++ loop, 10^6 floats per thread": 20,
+                     "XLA loop": 20}
+        else:
+            fns = {"C++ FMA loop": lambda it: cpp_fma_peak(cores, it, 1),
+                   "relu C++ loop, 1000 floats per thread": lambda it: cpp_phi_rate("relu", cores, 1000, it, 1)}
+            first = {"C++ FMA loop": 1_000_000, "relu C++ loop, 1000 floats per thread": 50_000}
+        iters = {k: calibrated(f, first[k]) for k, f in fns.items()}
+        return {k: (lambda f=f, it=iters[k]: f(it)) for k, f in fns.items()}
+
+    matmul = xla_matmul_peak(256 if q else 2048, rep + 2)
+    rows = []
+    for hidden in (1000, 5000):
+        steps = 10 if q else 500  # per-run fixed costs (state in and out, first readout) need runs this long
+        for activation in ("tanh", "relu"):
+            net = rsnjax.ScoreNetwork(dim, hidden, activation=activation, key=jax.random.key(0))
+            model = rsnjax.ReservoirSampler.from_score_network(net)
+            load = os.getloadavg()[0]
+            fns = bound_fns(activation)
+            b = {k: 0.0 for k in fns}
+            row = dict(hidden=hidden, dim=dim, activation=activation, chains=chains, steps=steps, load_before=load)
+            kw = dict(key=jax.random.key(1), num_chains=chains, num_steps=steps, step_size=0.01,
+                      warn=False, on_nonfinite="flag", progress=False)
+            best = {"xla": float("inf"), "kernel": float("inf")}
+            for path, flag in (("xla", "0"), ("kernel", "1")):  # compile
+                os.environ["RSNJAX_KERNEL"] = flag
+                row[path] = dict(compile_s=rsnjax.sample(model, **kw).compile_time)
+            for _ in range(rep):  # rounds: each bound, XLA's loop, the kernel, in turns
+                for k, f in fns.items():
+                    b[k] = max(b[k], f())
+                for path, flag in (("xla", "0"), ("kernel", "1")):
+                    os.environ["RSNJAX_KERNEL"] = flag
+                    best[path] = min(best[path], rsnjax.sample(model, **kw).wall_time)
+            for path in best:
+                row[path]["chain_steps_per_s"] = chains * steps / best[path]
+            if activation == "relu":
+                b["XLA matmul 2048²"] = matmul
+            row["bounds"] = b
+            row["load_after"] = os.getloadavg()[0]
+            if activation == "tanh":
+                bound = max(b.values())
+                for path in ("xla", "kernel"):
+                    row[path]["fraction_of_tanh_bound"] = row[path]["chain_steps_per_s"] * hidden / bound
+                row["bound_chain_steps_per_s"] = bound / hidden
+            else:
+                bound = max(v for k, v in b.items() if not k.startswith("relu"))
+                per = FLOPS_PER_NEURON(dim) * hidden
+                for path in ("xla", "kernel"):
+                    row[path]["gflops"] = row[path]["chain_steps_per_s"] * per / 1e9
+                    row[path]["fraction_of_flop_bound"] = row[path]["chain_steps_per_s"] * per / bound
+                row["bound_chain_steps_per_s"] = bound / per
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    os.environ.pop("RSNJAX_KERNEL", None)
+
+    print(f"\n{_cpu_model()}, {cores} cores, {args.devices} XLA device(s), kernel threads "
+          f"{_kernels.num_threads()}, vector width {_kernels.vector_width()}; jax {jax.__version__}, "
+          f"jaxlib {jaxlib.__version__}, numpy {np.__version__}\n")
+    print("| N | φ | bound (chain-steps/s) | XLA loop | kernel | kernel / XLA | load |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        key = "fraction_of_tanh_bound" if r["activation"] == "tanh" else "fraction_of_flop_bound"
+        what = "tanh bound" if r["activation"] == "tanh" else f"FLOP bound, {FLOPS_PER_NEURON(dim)} FLOP/neuron"
+        x, k = r["xla"], r["kernel"]
+        print(f"| {r['hidden']} | {r['activation']} | {r['bound_chain_steps_per_s'] / 1e6:.2f} M ({what}) | "
+              f"{x['chain_steps_per_s'] / 1e6:.2f} M ({100 * x[key]:.0f} %) | "
+              f"{k['chain_steps_per_s'] / 1e6:.2f} M ({100 * k[key]:.0f} %) | "
+              f"{k['chain_steps_per_s'] / x['chain_steps_per_s']:.2f}× | "
+              f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
+    record = dict(rows=rows, devices=args.devices, kernel_threads=_kernels.num_threads(), cores=cores,
+                  vector_width=_kernels.vector_width(), cpu=_cpu_model(), quick=q,
+                  flops_per_neuron_step=FLOPS_PER_NEURON(dim),
+                  versions=dict(jax=jax.__version__, jaxlib=jaxlib.__version__, numpy=np.__version__,
+                                rsnjax=rsnjax.__version__, python=platform.python_version()),
+                  date=time.strftime("%Y-%m-%d"))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=1))
+    return record
+
+
+if __name__ == "__main__":
+    main()
