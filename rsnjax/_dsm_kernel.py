@@ -25,14 +25,13 @@ The cotangent between them (d numbers per row) is computed by XLA.
 from __future__ import annotations
 
 import ctypes
-import glob
-import os
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from ._kernels._library import KernelLibrary, switched_on
 
 __all__ = ["available", "unavailable_reason", "enabled", "applies_to", "forward", "backward", "MAX_DIM",
            "ACTIVATIONS"]
@@ -43,60 +42,32 @@ MAX_DIM = 4
 ACTIVATIONS = {"relu": 0, "tanh": 1}
 _FORWARD = "rsnjax_dsm_forward"
 _BACKWARD = "rsnjax_dsm_backward"
-_LIB: ctypes.CDLL | None = None
-_LOAD_ERROR: str | None = None
-_LOADED = False
+def _configure(lib: ctypes.CDLL) -> None:
+    lib.rsnjax_dsm_vector_width.restype = ctypes.c_int64
 
 
-def _library_path() -> Path | None:
-    here = Path(__file__).resolve().parent / "_kernels"
-    found = sorted(glob.glob(str(here / "_dsm*.so")) + glob.glob(str(here / "_dsm*.pyd")))
-    return Path(found[0]) if found else None
-
-
-def _load() -> ctypes.CDLL | None:
-    global _LIB, _LOAD_ERROR, _LOADED
-    if _LOADED:
-        return _LIB
-    _LOADED = True
-    path = _library_path()
-    if path is None:
-        _LOAD_ERROR = ("the C++ DSM kernel was not built (no rsnjax/_kernels/_dsm*.so; reinstall rsnjax "
-                       "with a C++ compiler)")
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-        jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.RsnjaxDsmForward), platform="cpu")
-        jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.RsnjaxDsmBackward), platform="cpu")
-        lib.rsnjax_dsm_vector_width.restype = ctypes.c_int64
-    except (OSError, AttributeError) as err:  # a library built for another CPU or JAX
-        _LOAD_ERROR = f"the C++ DSM kernel {path.name} did not load: {err}"
-        return None
-    _LIB = lib
-    return lib
+_LIBRARY = KernelLibrary("_dsm", "C++ DSM kernel",
+                         {_FORWARD: "RsnjaxDsmForward", _BACKWARD: "RsnjaxDsmBackward"}, _configure)
 
 
 def available() -> bool:
     """Whether the C++ DSM kernels are built and loaded."""
-    return _load() is not None
+    return _LIBRARY.load() is not None
 
 
 def unavailable_reason() -> str | None:
     """Why `available` is False (None when it is True)."""
-    _load()
-    return _LOAD_ERROR
+    _LIBRARY.load()
+    return _LIBRARY.error
 
 
 def enabled() -> bool:
     """`available` and not switched off by ``RSNJAX_KERNEL=0``."""
-    return os.environ.get("RSNJAX_KERNEL", "1").strip() != "0" and available()
+    return switched_on() and available()
 
 
 def _lib() -> ctypes.CDLL:
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(_LOAD_ERROR)
-    return lib
+    return _LIBRARY.require()
 
 
 def vector_width() -> int:

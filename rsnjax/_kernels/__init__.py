@@ -20,13 +20,13 @@ then does one pass over each chain's state per step (update and next readout tog
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._library import KernelLibrary, switched_on
 
 __all__ = ["available", "enabled", "applies_to", "num_threads", "reservoir_runner", "setting", "MAX_DIM",
            "CHUNK", "ACTIVATIONS"]
@@ -38,55 +38,31 @@ CHUNK = 128
 #: φ the kernel implements, with their codes in reservoir.cc
 ACTIVATIONS = {"tanh": 0, "relu": 1}
 _TARGET = "rsnjax_reservoir_steps"
-_LIB: ctypes.CDLL | None = None
-_LOAD_ERROR: str | None = None
-_LOADED = False
+def _configure(lib: ctypes.CDLL) -> None:
+    lib.rsnjax_tanh.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    lib.rsnjax_phi_loop.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4
+    lib.rsnjax_fma_loop.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    lib.rsnjax_fma_loop.restype = ctypes.c_double
+    lib.rsnjax_vector_width.restype = ctypes.c_int64
 
 
-def _library_path() -> Path | None:
-    here = Path(__file__).resolve().parent
-    found = sorted(glob.glob(str(here / "_reservoir*.so")) + glob.glob(str(here / "_reservoir*.pyd")))
-    return Path(found[0]) if found else None
-
-
-def _load() -> ctypes.CDLL | None:
-    global _LIB, _LOAD_ERROR, _LOADED
-    if _LOADED:
-        return _LIB
-    _LOADED = True
-    path = _library_path()
-    if path is None:
-        _LOAD_ERROR = "the C++ kernel was not built (no rsnjax/_kernels/_reservoir*.so; reinstall rsnjax with a C++ compiler)"
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.RsnjaxReservoirSteps), platform="cpu")
-        lib.rsnjax_tanh.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-        lib.rsnjax_phi_loop.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 4
-        lib.rsnjax_fma_loop.argtypes = [ctypes.c_int64, ctypes.c_int64]
-        lib.rsnjax_fma_loop.restype = ctypes.c_double
-        lib.rsnjax_vector_width.restype = ctypes.c_int64
-    except (OSError, AttributeError) as err:  # a library built for another CPU or JAX
-        _LOAD_ERROR = f"the C++ kernel {path.name} did not load: {err}"
-        return None
-    _LIB = lib
-    return lib
+_LIBRARY = KernelLibrary("_reservoir", "C++ kernel", {_TARGET: "RsnjaxReservoirSteps"}, _configure)
 
 
 def available() -> bool:
     """Whether the C++ kernel is built and loaded."""
-    return _load() is not None
+    return _LIBRARY.load() is not None
 
 
 def unavailable_reason() -> str | None:
     """Why `available` is False (None when it is True)."""
-    _load()
-    return _LOAD_ERROR
+    _LIBRARY.load()
+    return _LIBRARY.error
 
 
 def enabled() -> bool:
     """`available` and not switched off by ``RSNJAX_KERNEL=0``."""
-    return os.environ.get("RSNJAX_KERNEL", "1").strip() != "0" and available()
+    return switched_on() and available()
 
 
 def num_threads() -> int:
@@ -173,10 +149,7 @@ def reservoir_runner(sde, keys, h, dtype, also=None):
 # --- the plain C entry points (tests and benchmarks/machine_bounds.py) --------------------------
 
 def _lib() -> ctypes.CDLL:
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(_LOAD_ERROR)
-    return lib
+    return _LIBRARY.require()
 
 
 def tanh(x) -> np.ndarray:
