@@ -82,6 +82,35 @@ def _erfinv_normal(bits_to_unit, dtype):
     return jnp.asarray(math.sqrt(2.0), dtype) * jax.lax.erf_inv(v)
 
 
+def jax_uniform(key, shape: tuple[int, int], dtype, minval: float, maxval: float) -> jax.Array:
+    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, bit for bit, ≈ 8× faster on CPU.
+
+    With the default key (threefry2x32) and ``jax_threefry_partitionable`` (JAX's default), JAX
+    draws element i's 32 bits as the xor of the two Threefry-2x32 words of the counter (0, i);
+    this computes that hash as one fused elementwise loop (`_threefry2x32`) instead of JAX's CPU
+    lowering. Other keys, settings, dtypes or shapes go to `jax.random.uniform` itself. A state
+    of 10 000 chains × 1000 neurons takes 0.03 s instead of 0.2 s on one core.
+    """
+    dtype = jnp.dtype(dtype)
+    size = math.prod(shape)
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if not (typed and str(jax.random.key_impl(key)) == "threefry2x32" and jax.config.jax_threefry_partitionable
+            and dtype == jnp.float32 and len(shape) == 2 and 0 < size < 2 ** 32):
+        return jax.random.uniform(key, shape, dtype, minval, maxval)
+    return _fused_uniform(jax.random.key_data(key), tuple(shape), float(minval), float(maxval))
+
+
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _fused_uniform(words, shape, minval, maxval):
+    index = (jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(shape[1])
+             + jax.lax.broadcasted_iota(jnp.uint32, shape, 1))
+    hi, lo = _threefry2x32(words[0], words[1], jnp.zeros(shape, jnp.uint32), index)
+    bits = ((hi ^ lo) >> jnp.uint32(9)) | jnp.uint32(0x3F800000)
+    unit = jax.lax.bitcast_convert_type(bits, jnp.float32) - jnp.float32(1.0)
+    low, high = jnp.float32(minval), jnp.float32(maxval)
+    return jnp.maximum(low, unit * (high - low) + low)
+
+
 def step_noise(key_words, step, dim: int, dtype) -> jax.Array:
     """Standard-normal noise ``(num_chains, dim)`` of step ``step`` for chains with key words
     ``key_words`` ``(num_chains, 2)`` (see `chain_key_words`).
@@ -293,9 +322,10 @@ def _initial_state(sde: CircuitSDE, init, initial_state, key, num_chains, dtype)
                              f"got {tuple(x0.shape)}")
         return jnp.broadcast_to(x0, (num_chains, n)).astype(dtype)
     if init == "uniform":  # the paper's double-peak start: U[−2, 2]
-        return jax.random.uniform(key, (num_chains, n), dtype, -2.0, 2.0)
-    if init == "normal":
-        return jax.random.normal(key, (num_chains, n), dtype)
+        return jax_uniform(key, (num_chains, n), dtype, -2.0, 2.0)
+    if init == "normal":  # as jax.random.normal: √2 erf⁻¹ of U[nextafter(−1, 0), 1)
+        lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
+        return jnp.asarray(np.sqrt(2), dtype) * jax.lax.erf_inv(jax_uniform(key, (num_chains, n), dtype, lo, 1.0))
     if init == "zeros":
         return jnp.zeros((num_chains, n), dtype)
     raise ValueError(f"`init` must be 'uniform', 'normal' or 'zeros', got {init!r}")

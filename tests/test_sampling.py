@@ -299,3 +299,27 @@ def test_saving_the_trajectory_does_not_change_the_samples():
     saved = rsnjax.sample(res, num_steps=30, save_every=10, **kw)
     np.testing.assert_array_equal(rsnjax.sample(res, num_steps=30, **kw).samples, saved.samples)
     np.testing.assert_array_equal(rsnjax.sample(res, num_steps=20, **kw).samples, saved.trajectory[1])
+
+
+def test_fused_uniform_start_is_jax_random_uniform_bit_for_bit():
+    """`jax_uniform` (the chains' U[−2, 2] and normal starts) is `jax.random.uniform` bit for bit
+    (a fused hash of the same counters), for several shapes and ranges, and falls back to it for
+    keys and dtypes it does not cover; so is the normal start to `jax.random.normal`."""
+    import types
+
+    from rsnjax.sampling import _initial_state, jax_uniform
+
+    key = jax.random.key(21)
+    lo = float(np.nextafter(np.float32(-1), np.float32(0)))
+    for shape in [(300, 203), (1, 5), (7, 1)]:
+        for low, high in [(-2.0, 2.0), (lo, 1.0), (0.5, 3.0)]:
+            np.testing.assert_array_equal(np.asarray(jax_uniform(key, shape, jnp.float32, low, high)),
+                                          np.asarray(jax.random.uniform(key, shape, jnp.float32, low, high)))
+    raw = jax.random.PRNGKey(4)  # a raw uint32 key: JAX's own draw
+    np.testing.assert_array_equal(np.asarray(jax_uniform(raw, (3, 4), jnp.float32, -2.0, 2.0)),
+                                  np.asarray(jax.random.uniform(raw, (3, 4), jnp.float32, -2.0, 2.0)))
+    sde = types.SimpleNamespace(state_dim=203)
+    np.testing.assert_array_equal(np.asarray(_initial_state(sde, "normal", None, key, 300, jnp.float32)),
+                                  np.asarray(jax.random.normal(key, (300, 203), jnp.float32)))
+    start = np.asarray(_initial_state(sde, "uniform", None, key, 300, jnp.float32))
+    assert start.min() >= -2.0 and start.max() < 2.0 and abs(start.mean()) < 0.02
