@@ -40,7 +40,7 @@ class OptionalBuildExt(build_ext):
 
 
 HEADERS = ["rsnjax/_kernels/include/xla/ffi/api/api.h", "rsnjax/_kernels/include/xla/ffi/api/c_api.h",
-           "rsnjax/_kernels/include/xla/ffi/api/ffi.h"]
+           "rsnjax/_kernels/include/xla/ffi/api/ffi.h", "rsnjax/_kernels/simd.h"]
 flags = shlex.split(os.environ.get("RSNJAX_KERNEL_CFLAGS", "-O3 -march=native"))
 ext_modules = []
 if os.environ.get("RSNJAX_BUILD_KERNEL", "1") != "0":

@@ -39,7 +39,7 @@ __all__ = ["available", "unavailable_reason", "enabled", "applies_to", "forward"
 #: the largest d the kernels handle (a larger network stays on XLA)
 MAX_DIM = 4
 #: φ the kernels implement, with their codes in dsm.cc
-ACTIVATIONS = {"relu": 0, "tanh": 1}
+ACTIVATIONS = {"tanh": 0, "relu": 1}
 _FORWARD = "rsnjax_dsm_forward"
 _BACKWARD = "rsnjax_dsm_backward"
 def _configure(lib: ctypes.CDLL) -> None:

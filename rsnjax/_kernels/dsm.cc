@@ -27,63 +27,27 @@
 #include <cstring>
 #include <vector>
 
+#include "simd.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kWidth = 16;
-#elif defined(__AVX__)
-constexpr int kWidth = 8;
-#else
-constexpr int kWidth = 4;
-#endif
+using namespace rsnjax_simd;
+
 constexpr int kMaxDim = 4;
 
-typedef float vf __attribute__((vector_size(kWidth * sizeof(float))));
-typedef float vf_unaligned __attribute__((vector_size(kWidth * sizeof(float)), aligned(4)));
-
-inline vf load(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
-inline void store(float* p, vf v) { *reinterpret_cast<vf_unaligned*>(p) = v; }
-inline vf splat(float s) { return vf{} + s; }
+// A sequential horizontal sum (the order the tests' references were measured with).
 inline float hsum(vf v) {
   float s = 0.0f;
   for (int k = 0; k < kWidth; ++k) s += v[k];
   return s;
 }
 
-enum Activation : int64_t { kRelu = 0, kTanh = 1 };
-
-// Eigen's generic_fast_tanh_float (XLA's CPU tanh): clamp, odd degree-13 over even degree-6
-// polynomial; tanh(x) = x for |x| < 0.0004. NaN stays NaN.
-inline vf tanh_approx(vf x_in) {
-  const float clamp = 7.90531110763549805f;
-  vf x = x_in > clamp ? splat(clamp) : x_in;
-  x = x < -clamp ? splat(-clamp) : x;
-  const vf x2 = x * x;
-  vf p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-  p = p * x2 + -8.60467152213735e-11f;
-  p = p * x2 + 5.12229709037114e-08f;
-  p = p * x2 + 1.48572235717979e-05f;
-  p = p * x2 + 6.37261928875436e-04f;
-  p = p * x2 + 4.89352455891786e-03f;
-  p = p * x;
-  vf q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-  q = q * x2 + 2.26843463243900e-03f;
-  q = q * x2 + 4.89352518554385e-03f;
-  const vf r = p / q;
-  const vf ax = x_in < 0.0f ? -x_in : x_in;
-  return ax < 0.0004f ? x_in : r;
-}
-
-// relu that keeps NaN (as jax.nn.relu)
-inline vf relu(vf z) { return z < 0.0f ? splat(0.0f) : z; }
-
 template <int ACT>
 inline vf phi(vf z) {
-  if constexpr (ACT == kTanh) return tanh_approx(z);
+  if constexpr (ACT == kTanh) return tanh_xla(z);
   else return relu(z);
 }
 
