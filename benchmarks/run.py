@@ -69,6 +69,10 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
         ["cases_jax:jax_matmul", dict(size=2048, repeats=rep + 2)],
         ["cases_jax:jax_stream", dict(megabytes=64 if q else 256, repeats=rep + 2)],
     ], "limits")
+    job("limits (C++ kernel loops)", "default", [
+        ["cases_cpp:cpp_phi", dict(activation="tanh", repeats=rep + 2)],
+        ["cases_cpp:cpp_fma", dict(repeats=rep + 2)],
+    ], "limits")
     job("limits (NumPy, PyTorch)", "default", [
         ["cases_numpy:numpy_matmul", dict(size=2048, repeats=rep + 2)],
         ["cases_numpy:numpy_stream", dict(megabytes=64 if q else 256, repeats=rep + 2)],
@@ -101,8 +105,11 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
     # load (the limits jobs above measure it again on its own)
     phi = ["cases_jax:phi_throughput", dict(activation="tanh", steps=100 if q else 300, repeats=rep)]
     phi_relu = ["cases_jax:phi_throughput", dict(activation="relu", steps=100 if q else 300, repeats=rep)]
+    cpp_tanh = ["cases_cpp:cpp_phi", dict(activation="tanh", repeats=rep)]  # the machine's tanh rate, same load
+    cpp_fma = ["cases_cpp:cpp_fma", dict(repeats=rep)]  # the FLOP peak, same load
     tuned = [
-        group(phi, rs(**res, chains=10_000, steps=100 if q else 300),
+        group(phi, cpp_tanh, rs(**res, chains=10_000, steps=100 if q else 1000),
+              rs(**res, chains=10_000, steps=100 if q else 300, kernel=False),
               rs(**res, chains=10_000, steps=100 if q else 300, backend="diffrax"),
               ps(**res, chains=10_000, steps=50 if q else 200),
               ["cases_torch:reservoir", dict(dim=2, hidden=1000, activation="tanh", chains=10_000,
@@ -110,7 +117,7 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
         group(rs(**res, chains=1_000, steps=500 if q else 2000),
               rs(**res, chains=1_000, steps=500 if q else 2000, backend="diffrax"),
               ps(**res, chains=1_000, steps=200 if q else 1000)),
-        group(phi_relu, rs(**dict(res, activation="relu"), chains=10_000, steps=200 if q else 500),
+        group(phi_relu, cpp_fma, rs(**dict(res, activation="relu"), chains=10_000, steps=200 if q else 2000),
               ps(**dict(res, activation="relu"), chains=10_000, steps=50 if q else 300)),
         group(rs(**out, steps=100 if q else 300), ps(**out, steps=50 if q else 200), bj(**out, steps=20 if q else 100)),
         group(rs(**sc, steps=2000 if q else 10_000), ps(**sc, steps=500 if q else 2000), bj(**sc, steps=200 if q else 1000)),

@@ -41,8 +41,12 @@ def _model(kind, dim, hidden, activation, dynamics=None):
 
 
 def rsnjax_sample(*, kind="reservoir", dim=2, hidden=1000, activation="tanh", dynamics=None,
-                  chains, steps, repeats, backend="scan", block_size=None, label=None):
-    """`rsnjax.sample` as a user calls it (initial state given, so its drawing is not timed)."""
+                  chains, steps, repeats, backend="scan", block_size=None, label=None, kernel=True):
+    """`rsnjax.sample` as a user calls it (initial state given, so its drawing is not timed).
+    ``kernel=False``: with ``RSNJAX_KERNEL=0`` around every call (XLA's loop instead of the C++
+    reservoir kernel; the diffrax backend never uses the kernel)."""
+    import os
+
     import jax
     import jax.numpy as jnp
 
@@ -55,13 +59,26 @@ def rsnjax_sample(*, kind="reservoir", dim=2, hidden=1000, activation="tanh", dy
         state0 = jnp.asarray(np.random.default_rng(0).uniform(-2, 2, (chains, dim)).astype(np.float32))
     kw = dict(key=jax.random.key(1), num_chains=chains, num_steps=steps, step_size=STEP_SIZE,
               initial_state=state0, backend=backend, block_size=block_size, on_nonfinite="flag")
+    def call():
+        if kernel:
+            return rsnjax.sample(model, **kw)
+        before = os.environ.get("RSNJAX_KERNEL")
+        os.environ["RSNJAX_KERNEL"] = "0"
+        try:
+            return rsnjax.sample(model, **kw)
+        finally:
+            if before is None:
+                os.environ.pop("RSNJAX_KERNEL", None)
+            else:
+                os.environ["RSNJAX_KERNEL"] = before
+
     t0 = time.perf_counter()
-    first = rsnjax.sample(model, **kw)  # compiles (and is cached for the timed calls)
+    first = call()  # compiles (and is cached for the timed calls)
     first_total = time.perf_counter() - t0
-    rsnjax.sample(model, **kw)  # warm-up
-    impl = label or f"rsnjax ({backend}, {_devices_label()})"
+    call()  # warm-up
+    impl = label or f"rsnjax ({backend}, {_devices_label()}{'' if kernel else ', XLA loop: RSNJAX_KERNEL=0'})"
     wl = workload_name(kind, dim=dim, hidden=hidden, activation=activation, chains=chains, dynamics=dynamics)
-    return Prepared(lambda: rsnjax.sample(model, **kw), work=chains * steps, unit="chain-steps", row=dict(
+    return Prepared(call, work=chains * steps, unit="chain-steps", row=dict(
         group="sampling", workload=wl, impl=impl, compile_s=first.compile_time, steps=steps, chains=chains,
         first_call_s=first_total, hidden=hidden if kind in ("reservoir", "output") else None, dim=dim,
         kind=kind, activation=activation, nonfinite=int(np.sum(np.asarray(first.nonfinite_step) >= 0))))
