@@ -452,8 +452,10 @@ ffi::Error ReservoirStepsImpl(ffi::Buffer<ffi::F32> u_in, ffi::Buffer<ffi::F32> 
   s.wo = wo.p;
   s.wi = wi.p;
   s.bias = bi.p;
-  // pieces of 16 chains (a multiple of the chains processed together), at least 8 per thread
-  const int64_t grain = std::max<int64_t>(16, (chains / std::max<int64_t>(1, 8 * num_threads)) / 16 * 16);
+  // pieces of a multiple of 4 chains (the chains processed together), about 32 per thread, so
+  // that the threads finish within ~1/32 of a call of each other
+  const int64_t per = chains / std::max<int64_t>(1, 32 * num_threads);
+  const int64_t grain = std::max<int64_t>(4, (per + 3) / 4 * 4);
   parallel_for_dynamic(chains, grain, num_threads, [&](int64_t lo, int64_t hi) { fn(u, cs, badp, s, lo, hi); });
   return ffi::Error::Success();
 }
