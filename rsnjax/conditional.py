@@ -296,22 +296,26 @@ def conditional_dsm_value_and_grad(
     return loss_fn(model)
 
 
-def conditional_penalty_grad(model, points, c, axis, margin):
-    """The gradient of `fit`'s confinement penalty mean_z relu(⟨s(z, c_z), L u⟩ + margin)²
-    for a conditional model (``axis`` = L u, the outward direction in data coordinates), each
-    far-field point z paired with an input c_z of the batch. By hand for a
+def conditional_penalty_grad(model, near, far, c, axis):
+    """The gradient of `fit`'s confinement penalty (`rsnjax.training.confinement_penalty`) for a
+    conditional model, each pair of far-field points (``near`` on the shell, ``far`` twice as far
+    out along ``axis`` = L u) paired with an input c of the batch. By hand for a
     `ConditionalScoreNetwork`, by autodiff otherwise."""
+    from .training import confinement_penalty
+
+    n = near.shape[0]
+    points, cc = jnp.concatenate([near, far]), jnp.concatenate([c, c])
     if type(model) is ConditionalScoreNetwork:
-        pre, h, out = _forward(model, points, c)
-        radial = jnp.sum((out - points) * axis, axis=-1)
-        cotangent = (2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
-        return _backward(model, points, c, pre, h, cotangent)
+        pre, h, out = _forward(model, points, cc)
+        score = out - points
+        _, g_near, g_far = confinement_penalty(score[:n], score[n:], near, far, axis)
+        return _backward(model, points, cc, pre, h, jnp.concatenate([g_near, g_far]))
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def penalty(p):
-        radial = jnp.sum(eqx.combine(p, static)(points, c) * axis, axis=-1)
-        return jnp.mean(jax.nn.relu(radial + margin) ** 2)
+        score = eqx.combine(p, static)(points, cc)
+        return confinement_penalty(score[:n], score[n:], near, far, axis)[0]
 
     return jax.grad(penalty)(params)
 

@@ -230,28 +230,58 @@ def weighted_dsm_value_and_grad(model, x, noise, sigma, weights, c=None):
     return jax.value_and_grad(loss_fn)(params)
 
 
-def _far_field_penalty_grad(model, points, directions, chol, margin):
-    """The gradient of the confinement penalty mean_z relu(⟨Lᵀ s(z), u⟩ + margin)² with respect
-    to the model's floating-point arrays: how far the drift, seen in the data's whitened frame,
-    fails to point inward by at least ``margin`` along the outward direction u (see `fit`'s
-    `confine`). Written out by hand for a `ScoreNetwork` (the DSM gradient's backward pass with
-    the penalty's output cotangent), by autodiff otherwise."""
+def confinement_penalty(s_near, s_far, near, far, axis):
+    """`fit`'s confinement penalty from a model's scores at far-field points, and its cotangents.
+
+    ``near`` ``(n, d)`` are points z = μ + R·L u on the shell R ∈ [1, 3]× the data's largest
+    whitened radius, ``far`` the points z′ = μ + 2R·L u twice as far out along the same
+    directions, ``axis`` = L u (the outward direction in data coordinates), ``s_near``/``s_far``
+    the scores there. The penalty is the mean over the points of
+
+        relu(κ + ε)²,   κ = ⟨s(z′) − s(z), L u⟩ / ⟨z′ − z, L u⟩,
+
+    ε = `CONFINE_SLOPE`: the radial slope κ of the drift beyond the data (−1 for the −x leak
+    alone, 0 for a score that tends to a constant, as a Laplace tail's does, > 0 for a drift that
+    turns outward) must be at most −ε, so that far enough out the drift points inward, more and
+    more, along every direction. For a ReLU network beyond its last kinks κ is exactly its
+    asymptotic slope. It asks nothing of the drift's value: an earlier penalty asked for
+    ⟨s(z), L u⟩ ≤ −½ on the shell, and a ReLU network met that (and also a margin of 0 there or
+    at z′) by bending its score down just beyond the data, where denoising score matching has
+    few draws, which made heavy tails light (docs/RESULTS.md §2).
+
+    **Returns:** ``(penalty, cotangent at near (n, d), cotangent at far (n, d))``.
+    """
+    n = near.shape[0]
+    denom = jnp.sum((far - near) * axis, axis=-1)
+    kappa = jnp.sum((s_far - s_near) * axis, axis=-1) / denom
+    slope = jax.nn.relu(kappa + CONFINE_SLOPE)
+    g_far = ((2.0 / n) * slope / denom)[:, None] * axis
+    return jnp.mean(slope**2), -g_far, g_far
+
+
+def _far_field_penalty_grad(model, near, far, axis):
+    """The gradient of the confinement penalty (`confinement_penalty`) with respect to the
+    model's floating-point arrays. Written out by hand for a `ScoreNetwork` (the DSM gradient's
+    backward pass with the penalty's output cotangent, near and far points in one pass), by
+    autodiff otherwise."""
+    n = near.shape[0]
+    points = jnp.concatenate([near, far])
     if type(model) is ScoreNetwork:
         kernel = _dsm_kernel.applies_to(model, points)
         if kernel:  # the C++ kernels (rsnjax._dsm_kernel)
             out = _dsm_kernel.forward(model, points)
         else:
             pre, h, out = _score_network_forward(model, points)
-        axis = _times_transpose(directions, chol)      # L u: ⟨Lᵀ s, u⟩ = ⟨s, L u⟩
-        radial = jnp.sum((out - points) * axis, axis=-1)
-        cotangent = (2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
+        score = out - points
+        _, g_near, g_far = confinement_penalty(score[:n], score[n:], near, far, axis)
+        cotangent = jnp.concatenate([g_near, g_far])
         if kernel:
             return _dsm_kernel.backward(model, points, cotangent)
         return _score_network_backward(model, points, pre, h, cotangent)
 
     def penalty(params):
-        radial = jnp.sum(eqx.combine(params, static)(points) * _times_transpose(directions, chol), axis=-1)
-        return jnp.mean(jax.nn.relu(radial + margin) ** 2)
+        score = eqx.combine(params, static)(points)
+        return confinement_penalty(score[:n], score[n:], near, far, axis)[0]
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     return jax.grad(penalty)(params)
@@ -284,14 +314,14 @@ def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batc
     return batched(level_key, data_in, source, steps, batch_idx)
 
 
-def _dsm_and_penalty_grads(model, x, noise, sigma, points, directions, chol, margin, weight, row_weights=None):
-    """``dsm_value_and_grad(model, x, noise, sigma)`` with ``weight`` × the far-field penalty's
-    gradient (`_far_field_penalty_grad`) added, for a `ScoreNetwork` on the C++ kernels
+def _dsm_and_penalty_grads(model, x, noise, sigma, near, far, axis, weight, row_weights=None):
+    """``dsm_value_and_grad(model, x, noise, sigma)`` with ``weight`` × the confinement
+    penalty's gradient (`_far_field_penalty_grad`) added, for a `ScoreNetwork` on the C++ kernels
     (`rsnjax._dsm_kernel.applies_to`): ONE forward and ONE backward kernel call over the batch's
     rows and the far points together (the gradient is linear in the output cotangent)."""
-    n = x.shape[0]
+    n, m = x.shape[0], near.shape[0]
     noisy = x + sigma * noise
-    rows = jnp.concatenate([noisy, points])
+    rows = jnp.concatenate([noisy, near, far])
     out = _dsm_kernel.forward(model, rows)
     residual = out[:n] - noisy + noise / sigma
     if row_weights is None:
@@ -299,10 +329,9 @@ def _dsm_and_penalty_grads(model, x, noise, sigma, points, directions, chol, mar
     else:  # `fit`'s tail weight: ½ mean_i w_i ‖r_i‖², cotangent w_i r_i / n
         loss = 0.5 * jnp.mean(row_weights * jnp.sum(residual**2, axis=-1))
         residual = row_weights[:, None] * residual
-    axis = _times_transpose(directions, chol)
-    radial = jnp.sum((out[n:] - points) * axis, axis=-1)
-    far = (weight * 2.0 / points.shape[0]) * jax.nn.relu(radial + margin)[:, None] * axis
-    return loss, _dsm_kernel.backward(model, rows, jnp.concatenate([residual / n, far.astype(residual.dtype)]))
+    _, g_near, g_far = confinement_penalty(out[n:n + m] - near, out[n + m:] - far, near, far, axis)
+    far_cotangent = (weight * jnp.concatenate([g_near, g_far])).astype(residual.dtype)
+    return loss, _dsm_kernel.backward(model, rows, jnp.concatenate([residual / n, far_cotangent]))
 
 
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
@@ -356,7 +385,7 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         k_dir, k_rad = jax.random.split(jax.random.fold_in(k_noise, 1))
         u = jax.random.normal(k_dir, (num_far, dim), dtype)
         u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
-        return u, jax.random.uniform(k_rad, (num_far, 1), dtype, 1.0, 3.0)
+        return u, jax.random.uniform(k_rad, (num_far, 1), dtype, *_CONFINE_RADII)
 
     def draws(level_key, data_in, source, step, batch_idx):
         """Everything random of one step (it depends on the level's key and the step only):
@@ -395,10 +424,8 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
                               - _log_tail_weight(batch, mean, whitening, tail_weight))
         if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
-            mean, chol, radius, _ = far
-            u, rho = far_uv
-            points = mean + _times_transpose((radius * rho) * u, chol)
-            loss, grads = _dsm_and_penalty_grads(model, batch, noise, sigma, points, u, chol, _CONFINE_MARGIN,
+            near, far_points, axis = _confinement_points(far, far_uv)
+            loss, grads = _dsm_and_penalty_grads(model, batch, noise, sigma, near, far_points, axis,
                                                  confine / sigma**2, weights)
             return _apply(p, opt_state, ema, step, grads), loss
         if weights is not None:
@@ -410,15 +437,12 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         if mesh is not None:  # the batch mean over all devices
             loss, grads = jax.lax.pmean((loss, grads), _BATCH_AXIS)
         if confine is not None:
-            mean, chol, radius, _ = far
-            u, rho = far_uv
-            points = mean + _times_transpose((radius * rho) * u, chol)
+            near, far_points, axis = _confinement_points(far, far_uv)
             if cond is None:
-                pen_grads = _far_field_penalty_grad(model, points, u, chol, _CONFINE_MARGIN)
+                pen_grads = _far_field_penalty_grad(model, near, far_points, axis)
             else:  # each far point paired with an input of the batch
-                pen_grads = conditional_penalty_grad(model, points,
-                                                     cond_far[jnp.arange(num_far) % cond_far.shape[0]],
-                                                     _times_transpose(u, chol), _CONFINE_MARGIN)
+                pen_grads = conditional_penalty_grad(model, near, far_points,
+                                                     cond_far[jnp.arange(num_far) % cond_far.shape[0]], axis)
                 if sharded:  # each device paired them with its own inputs
                     pen_grads = jax.lax.pmean(pen_grads, _BATCH_AXIS)
             weight = confine / sigma**2
@@ -480,10 +504,20 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_EMA_DECAY = 0.999
 DEFAULT_CONFINE = 1.0
-#: Far-field points per step for the confinement penalty, and the inward margin it asks for
-#: (in the whitened frame: a unit-variance Laplace tail has radial score −√2 along an axis).
+#: Far-field points per step for the confinement penalty (each with a second point twice as far out).
 CONFINE_POINTS = 64
-_CONFINE_MARGIN = 0.5
+#: the confinement's least inward radial slope beyond the shell (`confinement_penalty`)
+CONFINE_SLOPE = 0.1
+#: the far points' whitened radii, in units of the data's largest (uniform in this range)
+_CONFINE_RADII = (1.0, 3.0)
+
+
+def _confinement_points(far, far_uv):
+    """The penalty's points on the shell, twice as far out, and their outward axes L u."""
+    mean, chol, radius, _ = far
+    u, rho = far_uv
+    offset = _times_transpose((radius * rho) * u, chol)
+    return mean + offset, mean + 2.0 * offset, _times_transpose(u, chol)
 #: Points drawn from a target (or data callable) to measure its extent and default schedule.
 EXTENT_DRAWS = 10_000
 
@@ -603,11 +637,14 @@ def fit(
       each used twice). The O(1/σ) noise of the DSM gradient cancels within a pair.
     - `confine`: weight of the far-field penalty that keeps the drift pointing inward outside
       the data (None or 0: off). Every step, 64 points z on the shell 1–3× the data's largest
-      whitened radius (see `rsnjax.extent`) add ``confine/σ² · mean relu(⟨Lᵀ s(z), u⟩ + ½)²``
-      to the loss, u the outward whitened direction: the drift must point inward there by at
-      least ½ (in whitened units; a unit-variance Laplace tail has √2, so heavy tails remain
-      possible). Without it a ReLU drift, unconstrained by DSM where there are no data, can
-      grow outward linearly and chains escape. It acts only where it is violated.
+      whitened radius (see `rsnjax.extent`) and the points z′ twice as far out along the same
+      directions add ``confine/σ² · mean relu(κ + 0.1)²`` to the loss
+      (`rsnjax.training.confinement_penalty`), κ the radial slope of the drift between z and z′
+      along the outward whitened direction u (−1 for the −x leak alone, 0 for a score that tends
+      to a constant, > 0 for a drift that turns outward): beyond the data the drift must turn
+      inward, more and more. Without it a ReLU drift, unconstrained by DSM where there are no
+      data, can grow outward linearly and chains escape. It acts only where it is violated and
+      asks nothing of the drift's value, so heavy (Laplace-like) tails are kept.
     - `tail_weight`: a power q ≥ 0 (None or 0: off) that weights the DSM loss by
       w(x̃) = (1 + ‖W (x̃ − μ)‖²)^(q/2) of each noisy input's whitened radius (W, μ: the data's
       whitening and mean, see `rsnjax.extent`), so that a network of finite size spends more of

@@ -181,10 +181,18 @@ def test_hand_written_conditional_gradient_equals_autodiff(activation):
     # the penalty's gradient by hand, too
     from rsnjax.conditional import conditional_penalty_grad
 
+    from rsnjax.training import confinement_penalty
+
     axis = jax.random.normal(jax.random.key(4), (64, 2))
-    got = conditional_penalty_grad(net, x * 3, c, axis, 0.5)
+    near, far = x * 3, x * 6
+    got = conditional_penalty_grad(net, near, far, c, axis)
     params, static = eqx.partition(net, eqx.is_inexact_array)
-    want = jax.grad(lambda p: jnp.mean(jax.nn.relu(jnp.sum(eqx.combine(p, static)(x * 3, c) * axis, -1) + 0.5) ** 2))(params)
+
+    def penalty(p):
+        m = eqx.combine(p, static)
+        return confinement_penalty(m(near, c), m(far, c), near, far, axis)[0]
+
+    want = jax.grad(penalty)(params)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-9)
 

@@ -71,6 +71,9 @@ def test_laplace_x_tiny(tmp_path):
     rsn = numbers["models"]["RSN"]
     assert set(rsn) >= {"paper", "long"} and len(rsn["paper"]["excess_kurtosis"]) == 2
     assert len(rsn["long"]["kurtosis_pooled"]) == len(rsn["long"]["kurtosis_pooled_stderr"]) == 2
+    ref = numbers["sampler_reference"]  # the exact score through the same sampler
+    assert len(ref["excess_kurtosis"]["paper"]) == len(ref["kurtosis_pooled"]) == 2
+    assert "exact score, same sampler" in result["table"]
     saved = config["accel_num_steps"] // config["save_every"]
     for label in ("exact score, plain", "exact score, accelerated", "RSN, plain", "RSN, accelerated"):
         assert np.asarray(numbers["acceleration"][label]["w1_vs_time"]).shape == (saved, 2)

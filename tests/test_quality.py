@@ -148,13 +148,17 @@ def test_hand_written_penalty_gradient_matches_autodiff(activation):
     with jax.enable_x64(True):
         net = ScoreNetwork(2, 32, activation=activation, key=jax.random.key(0))
         net = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, net)
+        # an outward far field, so that the penalty is violated at most points
+        net = eqx.tree_at(lambda m: m.A, net, net.A + 3.0 * net.B.T)
         key_u, key_r = jax.random.split(jax.random.key(1))
-        margin = 30.0   # large, so that most points violate it (a trained net's leak keeps them inside)
         u = jax.random.normal(key_u, (64, 2), jnp.float64)
         u = u / jnp.linalg.norm(u, axis=1, keepdims=True)
         chol = jnp.array([[1.5, 0.0], [0.4, 0.7]], jnp.float64)
-        points = jnp.array([0.3, -0.2]) + (3.0 * jax.random.uniform(key_r, (64, 1), jnp.float64, 1, 3) * u) @ chol.T
-        by_hand = _far_field_penalty_grad(net, points, u, chol, margin)
+        mean = jnp.array([0.3, -0.2])
+        offset = (3.0 * jax.random.uniform(key_r, (64, 1), jnp.float64, 1, 3) * u) @ chol.T
+        axis = u @ chol.T
+        near, far = mean + offset, mean + 2 * offset
+        by_hand = _far_field_penalty_grad(net, near, far, axis)
 
         class Wrapped(eqx.Module):  # not a ScoreNetwork: takes the autodiff path
             net: ScoreNetwork
@@ -162,10 +166,38 @@ def test_hand_written_penalty_gradient_matches_autodiff(activation):
             def __call__(self, x):
                 return self.net(x)
 
-        reference = _far_field_penalty_grad(Wrapped(net), points, u, chol, margin).net
+        reference = _far_field_penalty_grad(Wrapped(net), near, far, axis).net
         assert float(jnp.max(jnp.abs(by_hand.A))) > 0
         for a, b in zip(jax.tree_util.tree_leaves(by_hand), jax.tree_util.tree_leaves(reference)):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_confinement_penalty_asks_for_an_inward_slope_only():
+    """The penalty is 0 for the −x leak alone (κ = −1) and for a drift that keeps turning inward
+    at slope −2ε, ε² for a drift that tends to a constant (κ = 0, a Laplace tail), whatever that
+    constant (inward or outward: the value is not asked for), (κ + ε)² for one that turns
+    outward; its cotangents are its gradient."""
+    from rsnjax.training import CONFINE_SLOPE as eps
+    from rsnjax.training import confinement_penalty
+
+    u = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    near, far = 5.0 * u, 10.0 * u
+
+    def penalty(s_near, s_far):
+        return float(confinement_penalty(s_near, s_far, near, far, u)[0])
+
+    assert penalty(-near, -far) == 0.0
+    assert penalty(-2 * eps * near, -2 * eps * far) == 0.0
+    np.testing.assert_allclose(penalty(-1.4 * u, -1.4 * u), eps**2, rtol=1e-6)
+    np.testing.assert_allclose(penalty(0.5 * u, 0.5 * u), eps**2, rtol=1e-6)
+    np.testing.assert_allclose(penalty(0.1 * near, 0.1 * far), (0.1 + eps) ** 2, rtol=1e-5)
+    s_near = jnp.array([[0.3, -0.2], [0.1, 0.4], [-0.5, 0.2]])
+    s_far = jnp.array([[0.2, 0.1], [-0.3, 0.5], [0.1, -0.9]])
+    _, g_near, g_far = confinement_penalty(s_near, s_far, near, far, u)
+    want_near, want_far = jax.grad(lambda a, b: confinement_penalty(a, b, near, far, u)[0], (0, 1))(s_near, s_far)
+    assert float(jnp.max(jnp.abs(want_far))) > 0
+    np.testing.assert_allclose(g_near, want_near, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g_far, want_far, rtol=1e-5, atol=1e-7)
 
 
 def test_antithetic_pairs_cut_the_gradient_noise_at_small_sigma():
