@@ -15,7 +15,10 @@ held-out data points and run for t = 5 (dt = min(1e-3, `rsnjax.stable_step_size`
     python benchmarks/quality.py                        # all targets, the defaults → benchmarks/results/quality.json
     python benchmarks/quality.py --variant cosine       # Adam cosine-decayed within each level (rsnjax.cosine_optimizer)
     python benchmarks/quality.py --variant no-ema --targets moons,circles
+    python benchmarks/quality.py --variant stf-broad --targets moons --seed 1   # saved as "stf-broad@seed1"
     python benchmarks/quality.py --table                # print the markdown tables of all saved variants
+
+Results are saved per variant (``--seed 0``) or per variant and seed (``variant@seedS``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ VARIANTS = {
     "no-antithetic": {"antithetic": False},
     "no-confine": {"confine": None},
     "none": {"ema_decay": None, "antithetic": False, "confine": None},
+    # the stable target field (`fit`'s stable_target, K reference rows) and a broader proposal
+    "stf": {"stable_target": 2048},
+    "stf-broad": {"stable_target": 2048, "broad_noise": (0.25, 3.0)},
 }
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
@@ -144,9 +150,11 @@ def main(argv=None):
     import equinox
     import optax
 
-    saved.setdefault("variants", {}).setdefault(args.variant, {})
+    entry = args.variant if args.seed == 0 else f"{args.variant}@seed{args.seed}"
+    saved.setdefault("variants", {}).setdefault(entry, {})
     for row in rows:
-        saved["variants"][args.variant][row["target"]] = row
+        row["seed"] = args.seed
+        saved["variants"][entry][row["target"]] = row
     saved["versions"] = {"jax": jax.__version__, "equinox": equinox.__version__,
                          "optax": optax.__version__, "diffrax": diffrax.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)
