@@ -285,6 +285,17 @@ def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batc
     return batched(level_key, data_in, source, steps, batch_idx)
 
 
+def _stable_target_inputs(x, noise, sigma, reference):
+    """``(x', ε')`` that make a DSM step train on the stable target t(x̃) (`rsnjax.stable_target`
+    over ``reference``) at x̃ = x + σε. Every DSM path (the C++ kernels, XLA's passes, the tail
+    weights, the far-field penalty's fused pass) computes x̃ = x + σε and the residual
+    s(x̃) + ε/σ, so t is passed as ε' = −σ t at x' = x̃ − σε': then x' + σε' = x̃ and
+    s(x̃) + ε'/σ = s(x̃) − t."""
+    noisy = x + sigma * noise
+    shifted_noise = -sigma * _stable_target(noisy, reference, sigma)
+    return noisy - sigma * shifted_noise, shifted_noise
+
+
 def _dsm_and_penalty_grads(model, x, noise, sigma, points, directions, chol, margin, weight, row_weights=None):
     """``dsm_value_and_grad(model, x, noise, sigma)`` with ``weight`` × the far-field penalty's
     gradient (`_far_field_penalty_grad`) added, for a `ScoreNetwork` on the C++ kernels
@@ -418,14 +429,8 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             mean, _, _, whitening = far
             weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
                               - _log_tail_weight(batch, mean, whitening, tail_weight))
-        if reference is not None:
-            # `stable_target`: the target t(x̃) replaces −ε/σ. Every path below computes
-            # x̃ = x + σε and the residual s(x̃) + ε/σ, so it is passed as ε' = −σ t at
-            # x' = x̃ − σε' (then x' + σε' = x̃ and s(x̃) + ε'/σ = s(x̃) − t): the C++ kernels,
-            # the weights and the far-field penalty are used unchanged.
-            noisy = batch + sigma * noise
-            noise = -sigma * _stable_target(noisy, reference, sigma)
-            batch = noisy - sigma * noise
+        if reference is not None:  # `stable_target`: t(x̃) replaces −ε/σ in every path below
+            batch, noise = _stable_target_inputs(batch, noise, sigma, reference)
         if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
             mean, chol, radius, _ = far
             u, rho = far_uv

@@ -12,6 +12,7 @@ import pytest
 import rsnjax
 from rsnjax import ConditionalScoreNetwork, ScoreNetwork, _dsm_kernel, fit, geometric_sigmas, targets
 from rsnjax.checkpoint import CheckpointError
+from rsnjax.training import _stable_target_inputs
 
 EPS = float(np.finfo(np.float32).eps)
 needs_kernel = pytest.mark.skipif(not _dsm_kernel.available(),
@@ -75,8 +76,8 @@ def test_same_score_as_the_dsm_target_with_a_lower_variance():
     for g, expected in ((noisy, -1.0), (noisy**3, -3.0 * np.mean(noisy**2))):
         for values in (stf * g, dsm * g):
             assert abs(values.mean() - expected) <= 4 * values.std() / np.sqrt(m), (values.mean(), expected)
-        # the STF estimate is the sharper one: its standard error is several times smaller
-        assert (stf * g).std() < 0.2 * (dsm * g).std()
+        # the STF estimate is the sharper one (its spread includes the score's own spread over x̃)
+        assert (stf * g).std() < 0.3 * (dsm * g).std()
     assert np.var(stf) < 0.05 * np.var(dsm)  # DSM's variance is 1/σ² = 400 per coordinate
     assert np.var(dsm) == pytest.approx(1 / sigma**2, rel=0.05)
 
@@ -93,7 +94,8 @@ def _xla_stf_loss_and_grad(net, noisy, target):
 @needs_kernel
 @pytest.mark.parametrize("dim", [1, 2, 4])
 def test_the_kernel_path_gives_the_stf_loss_and_gradient(monkeypatch, dim):
-    """`fit` passes the target t as ε' = −σ t at x' = x̃ − σ ε' to the DSM step: with the C++
+    """`fit` passes the target t as ε' = −σ t at x' = x̃ − σ ε' to the DSM step
+    (`training._stable_target_inputs`): with the C++
     kernels and with XLA (RSNJAX_KERNEL=0) that is the loss ½ mean ‖s(x̃) − t‖² and its gradient
     (reference: autodiff through the model's own call, XLA)."""
     net = ScoreNetwork(dim, 157, key=jax.random.key(dim))
@@ -104,8 +106,7 @@ def test_the_kernel_path_gives_the_stf_loss_and_gradient(monkeypatch, dim):
     noisy = x + sigma * jax.random.normal(ke, x.shape, jnp.float32)
     reference = jnp.concatenate([x, jax.random.normal(kr, (192, dim), jnp.float32)])
     t = rsnjax.stable_target(noisy, reference, sigma)
-    noise = -sigma * t
-    shifted = noisy - sigma * noise
+    shifted, noise = _stable_target_inputs(x, (noisy - x) / sigma, sigma, reference)
     ref_loss, ref_grads = _xla_stf_loss_and_grad(net, noisy, t)
     assert _dsm_kernel.applies_to(net, shifted)
     results = {"kernel": rsnjax.dsm_value_and_grad(net, shifted, noise, sigma)}
@@ -131,6 +132,7 @@ def _stf_fit(data, **kwargs):
 DATA = np.asarray(targets.ring_of_gaussians().sample(jax.random.key(4), 3000), np.float32)
 
 
+@pytest.mark.slow
 @needs_kernel
 def test_fit_with_stable_target_kernel_matches_xla(monkeypatch):
     """A short `fit` with the stable target and a broad proposal (EMA, antithetic pairs and the
@@ -147,7 +149,8 @@ def test_fit_with_stable_target_kernel_matches_xla(monkeypatch):
     plain, hist_p = _stf_fit(DATA, stable_target=None)
     assert np.max(np.abs(np.asarray(plain.A) - np.asarray(net_x.A))) > 100 * tol * np.max(np.abs(plain.A))
     # the STF loss is the much smaller ½‖s − t‖² (DSM's is ≈ d/2σ² at small σ)
-    assert np.mean(hist_x.loss[-50:]) < 0.5 * np.mean(hist_p.loss[-50:])
+    _, hist_s = _stf_fit(DATA)
+    assert np.mean(hist_s.loss[-50:]) < 0.5 * np.mean(hist_p.loss[-50:])
 
 
 def test_broad_noise_scales_the_noise_of_some_rows_only():
