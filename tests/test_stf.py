@@ -227,3 +227,18 @@ def test_stable_target_function_checks_its_input():
         rsnjax.stable_target(x, jnp.zeros((5, 2)), -1.0)
     with pytest.raises(ValueError, match="`reference` needs at least 1 rows"):
         rsnjax.stable_target(x, jnp.zeros((0, 2)), 0.1)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_each_row_is_in_its_own_reference_batch(antithetic):
+    """At a σ far below the distance between data rows, the softmax puts all its weight on the
+    row x̃ was drawn from, so the stable target is DSM's −ε/σ: the first step's loss (same initial
+    parameters) equals plain DSM's up to the rounding of (x − x̃)/σ². Without the row itself in
+    the reference batch, the target would point to other rows, ~|Δx|/σ² away."""
+    sigma = 1e-4
+    options = dict(sigmas=[sigma], steps_per_level=4, chunk_size=4, antithetic=antithetic, stable_target=32)
+    _, stf = _stf_fit(DATA, **options)
+    _, plain = _stf_fit(DATA, **{**options, "stable_target": None})
+    assert plain.loss[0] == pytest.approx(1 / sigma**2, rel=0.3)  # ½ E‖ε‖²/σ² with d = 2
+    rounding = 8 * EPS * np.max(np.abs(DATA)) / sigma  # relative rounding of x − x̃
+    np.testing.assert_allclose(stf.loss[0], plain.loss[0], rtol=rounding)
