@@ -270,16 +270,20 @@ def stable_target(
     return _stable_target(noisy, reference.astype(noisy.dtype), sigma)
 
 
-def _stable_target(noisy, reference, sigma):
+def _stable_target(noisy, reference, sigma, logit_mask=None):
     """`stable_target` without checks. Squared distances are formed as differences (no
     ‖a‖² + ‖b‖² − 2ab cancellation at small σ): d broadcasts of ``(batch, K)`` for d ≤
-    `SMALL_DIM`, one ``(batch, K, d)`` array above."""
+    `SMALL_DIM`, one ``(batch, K, d)`` array above. ``logit_mask`` ``(batch, K)`` is added to
+    the softmax's logits (−inf leaves a reference row out for that point)."""
     dim = noisy.shape[-1]
     if dim <= SMALL_DIM:
         sq = sum((noisy[:, k, None] - reference[None, :, k]) ** 2 for k in range(dim))
     else:
         sq = jnp.sum((noisy[:, None, :] - reference[None, :, :]) ** 2, axis=-1)
-    weights = jax.nn.softmax(-sq / (2 * sigma**2), axis=-1)
+    logits = -sq / (2 * sigma**2)
+    if logit_mask is not None:  # (batch, K): 0, or −inf for a reference left out
+        logits = logits + logit_mask
+    weights = jax.nn.softmax(logits, axis=-1)
     if dim <= SMALL_DIM:
         mean = jnp.stack([weights @ reference[:, k] for k in range(dim)], -1)
     else:

@@ -285,14 +285,14 @@ def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batc
     return batched(level_key, data_in, source, steps, batch_idx)
 
 
-def _stable_target_inputs(x, noise, sigma, reference):
+def _stable_target_inputs(x, noise, sigma, reference, logit_mask=None):
     """``(x', ε')`` that make a DSM step train on the stable target t(x̃) (`rsnjax.stable_target`
     over ``reference``) at x̃ = x + σε. Every DSM path (the C++ kernels, XLA's passes, the tail
     weights, the far-field penalty's fused pass) computes x̃ = x + σε and the residual
     s(x̃) + ε/σ, so t is passed as ε' = −σ t at x' = x̃ − σε': then x' + σε' = x̃ and
-    s(x̃) + ε'/σ = s(x̃) − t."""
+    s(x̃) + ε'/σ = s(x̃) − t. ``logit_mask`` ``(batch, K)`` (0 or −inf) leaves references out."""
     noisy = x + sigma * noise
-    shifted_noise = -sigma * _stable_target(noisy, reference, sigma)
+    shifted_noise = -sigma * _stable_target(noisy, reference, sigma, logit_mask)
     return noisy - sigma * shifted_noise, shifted_noise
 
 
@@ -350,6 +350,13 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         num_broad = int(round(broad[0] * period))
         noise_scale = np.where(np.arange(batch_size) % period >= period - num_broad, broad[1], 1.0)
         noise_scale = noise_scale.astype(np.dtype(dtype))[:, None]
+    # ... and a broad row's own x is left out of its references: the stable target is the
+    # σ-blurred score only for x̃ drawn at σ around its own reference row
+    logit_mask = None
+    if broad is not None and stable is not None:
+        own = np.arange(batch_size) % (half if antithetic else batch_size)
+        logit_mask = np.zeros((batch_size, stable), np.dtype(dtype))
+        logit_mask[noise_scale[:, 0] != 1.0, own[noise_scale[:, 0] != 1.0]] = -np.inf
     ndev = 1 if mesh is None else mesh.devices.size
     per_device = batch_size // ndev
     local_half = -(-per_device // 2)
@@ -430,7 +437,8 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
                               - _log_tail_weight(batch, mean, whitening, tail_weight))
         if reference is not None:  # `stable_target`: t(x̃) replaces −ε/σ in every path below
-            batch, noise = _stable_target_inputs(batch, noise, sigma, reference)
+            mask = None if logit_mask is None else (logit_mask if mesh is None else device_rows(logit_mask))
+            batch, noise = _stable_target_inputs(batch, noise, sigma, reference, mask)
         if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
             mean, chol, radius, _ = far
             u, rho = far_uv

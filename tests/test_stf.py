@@ -242,3 +242,13 @@ def test_each_row_is_in_its_own_reference_batch(antithetic):
     assert plain.loss[0] == pytest.approx(1 / sigma**2, rel=0.3)  # ½ E‖ε‖²/σ² with d = 2
     rounding = 8 * EPS * np.max(np.abs(DATA)) / sigma  # relative rounding of x − x̃
     np.testing.assert_allclose(stf.loss[0], plain.loss[0], rtol=rounding)
+
+
+def test_a_broad_row_leaves_its_own_row_out_of_its_references():
+    """At a tiny σ with every row broad (noise 2σ): with its own row among the references the
+    target would be (x − x̃)/σ² = −2ε/σ (first loss ≈ 4 × DSM's ≈ 4/σ²); left out, it points to
+    the nearest other data row, |Δx| ≫ σ away (first loss ≫ 1/σ²)."""
+    sigma = 1e-4
+    _, hist = _stf_fit(DATA, sigmas=[sigma], steps_per_level=4, chunk_size=4, stable_target=32,
+                       broad_noise=(1.0, 2.0))
+    assert hist.loss[0] > 1e4 / sigma**2
