@@ -15,7 +15,11 @@ held-out data points and run for t = 5 (dt = min(1e-3, `rsnjax.stable_step_size`
     python benchmarks/quality.py                        # all targets, the defaults → benchmarks/results/quality.json
     python benchmarks/quality.py --variant cosine       # Adam cosine-decayed within each level (rsnjax.cosine_optimizer)
     python benchmarks/quality.py --variant no-ema --targets moons,circles
+    python benchmarks/quality.py --variant stf-broad --targets moons --seed 1   # saved as "stf-broad@seed1"
     python benchmarks/quality.py --table                # print the markdown tables of all saved variants
+    python benchmarks/quality.py --variance             # variance of the DSM and stable targets at σ_min
+
+Results are saved per variant (``--seed 0``) or per variant and seed (``variant@seedS``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ VARIANTS = {
     "no-antithetic": {"antithetic": False},
     "no-confine": {"confine": None},
     "none": {"ema_decay": None, "antithetic": False, "confine": None},
+    # the stable target field (`fit`'s stable_target, K reference rows) and a broader proposal
+    "stf": {"stable_target": 2048},
+    "stf-broad": {"stable_target": 2048, "broad_noise": (0.25, 3.0)},
+    "stf-1024": {"stable_target": 1024},
+    "stf-4096": {"stable_target": 4096},
 }
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
@@ -98,6 +107,31 @@ def run_one(name, draw, variant, seed=0):
     }
 
 
+def target_variance(name, draw, seed=0, num=4096, sizes=(1024, 2048, 4096)):
+    """Per-coordinate variance, around the exact score of the σ_min-blurred training set, of DSM's
+    target −ε/σ and of the stable target over K reference rows (the row itself and K − 1 random
+    ones), at x̃ = x + σ_min ε for ``num`` training rows x: ``{"dsm": v, K: v, ...}``."""
+    import jax
+    import jax.numpy as jnp
+
+    import rsnjax
+
+    rng = np.random.default_rng(seed)
+    train = jnp.asarray(draw(rng, NUM_TRAIN), jnp.float32)
+    sigma = float(rsnjax.default_sigmas(np.asarray(train))[-1])
+    x = train[:num]
+    eps = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    noisy = x + sigma * eps
+    exact = jnp.concatenate([rsnjax.stable_target(noisy[i:i + 256], train, sigma) for i in range(0, num, 256)])
+    d = x.shape[1]
+    out = {"sigma_min": sigma, "dsm": float(jnp.mean((-eps / sigma - exact) ** 2))}
+    for k in sizes:
+        t = jnp.stack([rsnjax.stable_target(noisy[i:i + 1], jnp.concatenate(
+            [x[i:i + 1], train[rng.integers(0, NUM_TRAIN, k - 1)]]), sigma)[0] for i in range(0, num, 16)])
+        out[k] = float(jnp.mean((t - exact[::16]) ** 2))
+    return out
+
+
 def table(rows) -> str:
     head = ("| target | d | MMD² | floor | blur bias | MMD² / max(floor, blur) | escaped | R̂ | σ_max → σ_min (levels) "
             "| train s | pass |\n|---|---|---|---|---|---|---|---|---|---|---|")
@@ -119,6 +153,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--table", action="store_true", help="print the tables of the saved results and exit")
+    p.add_argument("--variance", action="store_true",
+                   help="print the variance of the DSM and stable targets at σ_min (no training) and exit")
     args = p.parse_args(argv)
     saved = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.table:
@@ -131,6 +167,13 @@ def main(argv=None):
 
     sets = quality_data.all_sets()
     names = args.targets.split(",") if args.targets else list(sets)
+    if args.variance:
+        print("| target | σ_min | DSM target | STF K = 1024 | K = 2048 | K = 4096 |\n|---|---|---|---|---|---|")
+        for name in names:
+            v = target_variance(name, sets[name][0], seed=args.seed)
+            print(f"| {name} | {v['sigma_min']:.3g} | {v['dsm']:.3g} | {v[1024]:.3g} | {v[2048]:.3g} | {v[4096]:.3g} |",
+                  flush=True)
+        return 0
     rows = []
     for name in names:
         draw, _ = sets[name]
@@ -144,9 +187,11 @@ def main(argv=None):
     import equinox
     import optax
 
-    saved.setdefault("variants", {}).setdefault(args.variant, {})
+    entry = args.variant if args.seed == 0 else f"{args.variant}@seed{args.seed}"
+    saved.setdefault("variants", {}).setdefault(entry, {})
     for row in rows:
-        saved["variants"][args.variant][row["target"]] = row
+        row["seed"] = args.seed
+        saved["variants"][entry][row["target"]] = row
     saved["versions"] = {"jax": jax.__version__, "equinox": equinox.__version__,
                          "optax": optax.__version__, "diffrax": diffrax.__version__}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ from . import activity, checkpoint, distributed, metrics, posterior, targets
 from .checkpoint import CheckpointError, load, save
 from .conditional import (ConditionalSamplerOnly, ConditionalScoreNetwork, conditional_dsm_loss_with_noise,
                           conditional_dsm_value_and_grad)
-from .dsm import default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas
+from .dsm import (default_sigmas, dsm_loss, dsm_loss_with_noise, dsm_value_and_grad, geometric_sigmas,
+                  stable_target)
 from .extent import DataExtent, data_extent
 from .interop import (CircuitInfo, CircuitState, LogDensityTarget, SamplingAlgorithm, as_blackjax,
                       score_from_logdensity, to_arviz)
@@ -48,6 +49,7 @@ __all__ = [
     "dsm_loss",
     "dsm_loss_with_noise",
     "dsm_value_and_grad",
+    "stable_target",
     "conditional_dsm_loss_with_noise",
     "conditional_dsm_value_and_grad",
     "sample",

@@ -37,7 +37,8 @@ from .conditional import (ConditionalScoreNetwork, check_pairs, conditional_dsm_
                           conditional_penalty_grad, is_conditional)
 from .conditional import _backward as _conditional_backward
 from .conditional import _forward as _conditional_forward
-from .dsm import SMALL_DIM, _score_network_backward, _score_network_forward, default_sigmas, dsm_value_and_grad
+from .dsm import (SMALL_DIM, _score_network_backward, _score_network_forward, _stable_target, default_sigmas,
+                  dsm_value_and_grad)
 from .extent import DataExtent, data_extent, with_extent
 from .networks import ScoreNetwork
 
@@ -314,6 +315,17 @@ def _hoisted_draws(draws, allowed: bool, level_key, data_in, source, steps, batc
     return batched(level_key, data_in, source, steps, batch_idx)
 
 
+def _stable_target_inputs(x, noise, sigma, reference, logit_mask=None):
+    """``(x', ε')`` that make a DSM step train on the stable target t(x̃) (`rsnjax.stable_target`
+    over ``reference``) at x̃ = x + σε. Every DSM path (the C++ kernels, XLA's passes, the tail
+    weights, the far-field penalty's fused pass) computes x̃ = x + σε and the residual
+    s(x̃) + ε/σ, so t is passed as ε' = −σ t at x' = x̃ − σε': then x' + σε' = x̃ and
+    s(x̃) + ε'/σ = s(x̃) − t. ``logit_mask`` ``(batch, K)`` (0 or −inf) leaves references out."""
+    noisy = x + sigma * noise
+    shifted_noise = -sigma * _stable_target(noisy, reference, sigma, logit_mask)
+    return noisy - sigma * shifted_noise, shifted_noise
+
+
 def _dsm_and_penalty_grads(model, x, noise, sigma, near, far, axis, weight, row_weights=None):
     """``dsm_value_and_grad(model, x, noise, sigma)`` with ``weight`` × the confinement
     penalty's gradient (`_far_field_penalty_grad`) added, for a `ScoreNetwork` on the C++ kernels
@@ -335,12 +347,14 @@ def _dsm_and_penalty_grads(model, x, noise, sigma, near, far, axis, weight, row_
 
 
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
-                        options: tuple = (None, False, None, 0, None), mesh=None, sharded: bool = False,
+                        options: tuple = (None, False, None, 0, None, None, None), mesh=None,
+                        sharded: bool = False,
                         kernel: bool = False):
     """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
 
     ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step,
-    tail-weight power or None).
+    tail-weight power or None, stable-target reference rows K or None, broad noise (fraction,
+    scale) or None).
 
     With a ``mesh`` (a 1-D `jax.sharding.Mesh` over the ``"batch"`` axis) the scan runs under
     `jax.shard_map`: parameters, optimiser state and keys are replicated, each device computes
@@ -355,8 +369,23 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
     ``kernel`` is `rsnjax._dsm_kernel.enabled()` when `fit` builds the chunk: a part of the cache
     key only (the step chooses the C++ kernels or XLA when it is traced).
     """
-    ema_decay, antithetic, confine, num_far, tail_weight = options
+    ema_decay, antithetic, confine, num_far, tail_weight, stable, broad = options
     half = -(-batch_size // 2)
+    # `broad_noise`: the scale of each row's noise (1, or c on the last rows of every antithetic
+    # half, so that the two rows of a pair keep the same scale)
+    noise_scale = None
+    if broad is not None:
+        period = half if antithetic else batch_size
+        num_broad = int(round(broad[0] * period))
+        noise_scale = np.where(np.arange(batch_size) % period >= period - num_broad, broad[1], 1.0)
+        noise_scale = noise_scale.astype(np.dtype(dtype))[:, None]
+    # ... and a broad row's own x is left out of its references: the stable target is the
+    # σ-blurred score only for x̃ drawn at σ around its own reference row
+    logit_mask = None
+    if broad is not None and stable is not None:
+        own = np.arange(batch_size) % (half if antithetic else batch_size)
+        logit_mask = np.zeros((batch_size, stable), np.dtype(dtype))
+        logit_mask[noise_scale[:, 0] != 1.0, own[noise_scale[:, 0] != 1.0]] = -np.inf
     ndev = 1 if mesh is None else mesh.devices.size
     per_device = batch_size // ndev
     local_half = -(-per_device // 2)
@@ -387,13 +416,23 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
         u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
         return u, jax.random.uniform(k_rad, (num_far, 1), dtype, *_CONFINE_RADII)
 
+    def reference_rows(data_in, batch, k_noise):  # `stable_target`: the batch's own rows + random ones
+        if stable is None:
+            return None
+        own = batch[:half] if antithetic else batch
+        others = jax.random.randint(jax.random.fold_in(k_noise, 2), (stable - own.shape[0],), 0,
+                                    data_in.shape[0])
+        return jnp.concatenate([own, data_in[others]])
+
     def draws(level_key, data_in, source, step, batch_idx):
         """Everything random of one step (it depends on the level's key and the step only):
-        ``(batch, cond, noise, cond_far, far)``, ``far`` = (u, ρ / radius) or None."""
+        ``(batch, cond, noise, cond_far, far, reference)``, ``far`` = (u, ρ / radius) or None,
+        ``reference`` the `stable_target` rows or None; with `broad_noise` the noise of the broad
+        rows is already scaled."""
         k_data, k_noise = jax.random.split(jax.random.fold_in(level_key, step))
         if sharded:
             batch, cond, noise = sharded_batch(data_in, batch_idx, k_noise)
-            return batch, cond, noise, cond, far_draws(k_noise, batch.shape[1])
+            return batch, cond, noise, cond, far_draws(k_noise, batch.shape[1]), None
         if from_array:
             batch = jax.tree_util.tree_map(lambda a: a[batch_idx], data_in)
         else:  # a target (its arrays passed in as `source`) or a data callable
@@ -409,20 +448,26 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
                 cond = jnp.concatenate([cond[:half], cond[:half]])[:batch_size]
         else:
             noise = jax.random.normal(k_noise, batch.shape, dtype)
+        if noise_scale is not None:
+            noise = noise * noise_scale
+        reference = reference_rows(data_in, batch, k_noise) if from_array else None
         cond_far = cond  # the far points pair with the whole batch's inputs, as on one device
         if mesh is not None:
             batch, noise = device_rows(batch), device_rows(noise)
             cond = None if cond is None else device_rows(cond)
-        return batch, cond, noise, cond_far, far_draws(k_noise, batch.shape[1])
+        return batch, cond, noise, cond_far, far_draws(k_noise, batch.shape[1]), reference
 
     def _update(p, opt_state, ema, sigma, far, step, drawn):
-        batch, cond, noise, cond_far, far_uv = drawn
+        batch, cond, noise, cond_far, far_uv, reference = drawn
         model = eqx.combine(p, static)
         weights = None
         if tail_weight is not None:  # rows drawn ∝ w(x): weight w(x̃)/w(x) gives E_p[w(x̃) · loss]
             mean, _, _, whitening = far
             weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
                               - _log_tail_weight(batch, mean, whitening, tail_weight))
+        if reference is not None:  # `stable_target`: t(x̃) replaces −ε/σ in every path below
+            mask = None if logit_mask is None else (logit_mask if mesh is None else device_rows(logit_mask))
+            batch, noise = _stable_target_inputs(batch, noise, sigma, reference, mask)
         if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
             near, far_points, axis = _confinement_points(far, far_uv)
             loss, grads = _dsm_and_penalty_grads(model, batch, noise, sigma, near, far_points, axis,
@@ -552,6 +597,21 @@ def _check_steps(steps_per_level, num_levels: int) -> list[int]:
     return [check_int(steps_per_level, "steps_per_level")] * num_levels
 
 
+def _check_broad_noise(broad_noise) -> tuple[float, float]:
+    if isinstance(broad_noise, (str, bytes)) or not isinstance(broad_noise, (tuple, list)) or len(broad_noise) != 2:
+        raise TypeError(f"`broad_noise` must be a pair (fraction, scale), got {broad_noise!r}")
+    fraction, scale = broad_noise
+    for value, what in ((fraction, "fraction"), (scale, "scale")):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(value):
+            raise TypeError(f"`broad_noise` must be a pair of finite numbers (fraction, scale), got {what} {value!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"`broad_noise`'s fraction must be in (0, 1], got {fraction}")
+    if not scale >= 1:
+        raise ValueError(f"`broad_noise`'s scale must be ≥ 1 (a broader noise than σ), got {scale}")
+    return float(fraction), float(scale)
+
+
 def default_optimizer(learning_rate: float = DEFAULT_LEARNING_RATE):
     """The optimiser `fit` uses when none is given: Adam at a constant `learning_rate`.
 
@@ -593,6 +653,8 @@ def fit(
     antithetic: bool = True,
     confine: float | None = DEFAULT_CONFINE,
     tail_weight: float | None = None,
+    stable_target: int | None = None,
+    broad_noise: tuple[float, float] | None = None,
     key,
     progress: bool | None = None,
     chunk_size: int | None = None,
@@ -654,6 +716,27 @@ def fit(
       variance. Needs array `data` (draw a large sample from a target first) and one process.
       The recorded loss is then the weighted one. On the heavy-tailed Laplace X, q = 2 raised the
       stationary kurtosis on one seed of three (docs/RESULTS.md §2): an option, not a default.
+    - `stable_target`: a number K ≥ `batch_size` of reference rows (None: off), for array data:
+      the DSM target −ε/σ at x̃ = x + σε is replaced by the stable target field
+      (`rsnjax.stable_target`, Xu et al. 2023) over a reference batch of K data rows, the
+      step's own rows and K − (distinct rows in the batch) drawn at random:
+      t(x̃) = Σ_j softmax_j(−‖x̃ − x_j‖²/2σ²) (x_j − x̃)/σ². Its minimiser is (up to an O(1/K)
+      bias) the same blurred score, and its variance far lower wherever several data rows lie
+      within a few σ of x̃. It costs ``batch_size × K`` distances per step (cheap in low d;
+      K = 1024–4096). Needs array `data`, an unconditional model and one process. The recorded
+      loss is then ½ mean ‖s(x̃) − t(x̃)‖², much smaller than the DSM loss at small σ.
+      Measured on the 13 targets of ``benchmarks/quality.py`` (docs/QUALITY.md): at K = 2048 it
+      cut the σ_min target's variance 17–48× and lowered moons' and swiss roll's MMD² on three
+      seeds of three, but left them above the goal, made the double peak fail on one seed and
+      tripled the training time: an option, not a default.
+    - `broad_noise`: ``(fraction, scale)`` with 0 < fraction ≤ 1 and scale ≥ 1 (None: off);
+      needs `stable_target`. That fraction of each batch's rows (whole antithetic pairs) is
+      noised with ``scale·σ`` instead of σ, while the target is still the level-σ field
+      t(x̃): since t depends on x̃ alone, the minimiser stays the σ-blurred score wherever the
+      mixed proposal covers, and the points between close ridges, which σ-noise rarely reaches,
+      get trained. A broad row's own x is left out of its references (with it, the target would
+      point back at the row x̃ was drawn from, cσ away). Measured with (0.25, 3): worse than
+      `stable_target` alone on moons and swiss roll (docs/QUALITY.md).
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
@@ -732,6 +815,16 @@ def fit(
         confine = check_positive(confine, "confine", allow_zero=True) or None
     if tail_weight is not None:
         tail_weight = check_positive(tail_weight, "tail_weight", allow_zero=True) or None
+    if stable_target is not None:
+        stable_target = check_int(stable_target, "stable_target")
+        if stable_target < batch_size:
+            raise ValueError(f"`stable_target` (reference rows K) must be at least `batch_size` "
+                             f"({batch_size}), got {stable_target}")
+    if broad_noise is not None:
+        broad_noise = _check_broad_noise(broad_noise)
+        if stable_target is None:
+            raise ValueError("`broad_noise` needs `stable_target` (the DSM target −ε/σ is tied to "
+                             "noise of scale σ); give `stable_target=K` as well")
     dim = _model_dim(model)
     conditional = is_conditional(model)
     data_cond = None
@@ -762,6 +855,11 @@ def fit(
         source, source_static, draw = None, None, None
         kind = f"array:{tuple(data_array.shape)}:{_array_fingerprint(data_array)}"
     sharded = multiprocess and data_array is not None
+    if stable_target is not None and (data_array is None or conditional or multiprocess):
+        raise ValueError("`stable_target` needs `data` as an array, an unconditional model and one process, got "
+                         + ("a run under jax.distributed" if multiprocess else
+                            "a conditional model" if conditional else f"{kind.split(':')[0]} data")
+                         + "; draw a large sample from a target first")
     if tail_weight is not None and (data_array is None or multiprocess):
         raise ValueError("`tail_weight` needs `data` as an array (or (x, c) pairs) in one process, got "
                          + ("a run under jax.distributed" if multiprocess else f"{kind.split(':')[0]} data")
@@ -833,7 +931,8 @@ def fit(
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     noise_root, data_root = jax.random.split(key)
-    options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0, tail_weight)
+    options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0, tail_weight,
+               stable_target, broad_noise)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
     run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options,
                       mesh, sharded, _dsm_kernel.enabled())
@@ -892,6 +991,8 @@ def fit(
         "weight_decay": weight_decay, "reset_optimizer": bool(reset_optimizer),
         "ema_decay": ema_decay, "antithetic": antithetic, "confine": confine,
         **({"tail_weight": tail_weight} if tail_weight is not None else {}),
+        **({"stable_target": stable_target} if stable_target is not None else {}),
+        **({"broad_noise": list(broad_noise)} if broad_noise is not None else {}),
     }
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path.exists():
