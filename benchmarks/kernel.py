@@ -10,7 +10,10 @@ timed call about 1 s long; best of the rounds), after a compiling call:
   kernel's tanh, one thread per core, 1000 × 1000 and 1000 floats per thread). A reservoir
   chain-step evaluates N tanh, so the bound is tanh/s ÷ N chain-steps/s.
 - relu: the float32 FLOP peak, the best of a C++ loop of independent vector FMAs on all cores and
-  XLA's 2048² matrix product. FLOPs per neuron and step: 4d + 2 = 10 at d = 2 (a multiply and an
+  XLA's 2048² matrix product; and, printed next to it, the L2 state pass: a step reads and writes
+  the chain's N-float state, which at N = 5000 (20 KB a chain, beside 100 KB of weights) cannot
+  stay in L1, so a step costs at least one read-modify-write pass of N floats at the rate of a
+  C++ loop over 256 KB per core. FLOPs per neuron and step: 4d + 2 = 10 at d = 2 (a multiply and an
   add counted as 2 even when fused; the max of relu not counted): W_in x + I (2d), the leak
   (1 − a)u + relu(a z) (2; a·relu(z) = relu(a·z) for a > 0, so a is folded into W_in and I and
   the step has no separate multiply), the next readout W_out u (2d). (Until 2026-12-02 this
@@ -46,6 +49,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 FLOPS_PER_NEURON = lambda d: 4 * d + 2  # noqa: E731
+#: a read-modify-write pass over a block in L2 (256 KB per core): what a step costs at least when
+#: the chain's state does not stay in L1 (N = 5000: 20 KB a chain, next to 100 KB of weights)
+L2_PASS = "relu C++ loop, 65536 floats per thread (L2)"
 
 
 def _cpu_model() -> str:
@@ -127,8 +133,9 @@ def main(argv=None) -> dict:
                      "XLA loop": 20}
         else:
             fns = {"C++ FMA loop": lambda it: cpp_fma_peak(cores, it, 1),
-                   "relu C++ loop, 1000 floats per thread": lambda it: cpp_phi_rate("relu", cores, 1000, it, 1)}
-            first = {"C++ FMA loop": 1_000_000, "relu C++ loop, 1000 floats per thread": 50_000}
+                   "relu C++ loop, 1000 floats per thread": lambda it: cpp_phi_rate("relu", cores, 1000, it, 1),
+                   L2_PASS: lambda it: cpp_phi_rate("relu", cores, 65_536, it, 1)}
+            first = {"C++ FMA loop": 1_000_000, "relu C++ loop, 1000 floats per thread": 50_000, L2_PASS: 1000}
         iters = {k: calibrated(f, first[k]) for k, f in fns.items()}
         return {k: (lambda f=f, it=iters[k]: f(it)) for k, f in fns.items()}
 
@@ -172,7 +179,9 @@ def main(argv=None) -> dict:
                 for path in ("xla", "kernel"):
                     row[path]["gflops"] = row[path]["chain_steps_per_s"] * per / 1e9
                     row[path]["fraction_of_flop_bound"] = row[path]["chain_steps_per_s"] * per / bound
+                    row[path]["fraction_of_l2_state_pass"] = row[path]["chain_steps_per_s"] * hidden / b[L2_PASS]
                 row["bound_chain_steps_per_s"] = bound / per
+                row["l2_state_pass_chain_steps_per_s"] = b[L2_PASS] / hidden
             rows.append(row)
             print(json.dumps(row), flush=True)
     os.environ.pop("RSNJAX_KERNEL", None)
@@ -191,6 +200,16 @@ def main(argv=None) -> dict:
               f"{k['chain_steps_per_s'] / 1e6:.2f} M ({100 * k[key]:.0f} %) | "
               f"{k['chain_steps_per_s'] / x['chain_steps_per_s']:.2f}× | "
               f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
+    relu_rows = [r for r in rows if r["activation"] == "relu"]
+    if relu_rows:
+        print("\nrelu against the L2 state pass (a read-modify-write pass over N floats per chain-step at "
+              "the rate of a C++ loop over 256 KB per core):\n")
+        print("| N | L2 state-pass bound | kernel | of it |")
+        print("|---|---|---|---|")
+        for r in relu_rows:
+            print(f"| {r['hidden']} | {r['l2_state_pass_chain_steps_per_s'] / 1e6:.2f} M | "
+                  f"{r['kernel']['chain_steps_per_s'] / 1e6:.2f} M | {100 * r['kernel']['fraction_of_l2_state_pass']:.0f} % |")
+        print()
     record = dict(rows=rows, devices=args.devices, kernel_threads=_kernels.num_threads(), cores=cores,
                   vector_width=_kernels.vector_width(), cpu=_cpu_model(), quick=q,
                   flops_per_neuron_step=FLOPS_PER_NEURON(dim),

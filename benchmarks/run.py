@@ -71,6 +71,7 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
     ], "limits")
     job("limits (C++ kernel loops)", "default", [
         ["cases_cpp:cpp_phi", dict(activation="tanh", repeats=rep + 2)],
+        ["cases_cpp:cpp_phi", dict(activation="tanh", floats_per_thread=1_000_000, iters=20, repeats=rep + 2)],
         ["cases_cpp:cpp_fma", dict(repeats=rep + 2)],
     ], "limits")
     job("limits (NumPy, PyTorch)", "default", [
@@ -106,9 +107,10 @@ def plan(quick: bool, groups: set[str]) -> list[dict]:
     phi = ["cases_jax:phi_throughput", dict(activation="tanh", steps=100 if q else 300, repeats=rep)]
     phi_relu = ["cases_jax:phi_throughput", dict(activation="relu", steps=100 if q else 300, repeats=rep)]
     cpp_tanh = ["cases_cpp:cpp_phi", dict(activation="tanh", repeats=rep)]  # the machine's tanh rate, same load
+    cpp_tanh_big = ["cases_cpp:cpp_phi", dict(activation="tanh", floats_per_thread=1_000_000, iters=20, repeats=rep)]
     cpp_fma = ["cases_cpp:cpp_fma", dict(repeats=rep)]  # the FLOP peak, same load
     tuned = [
-        group(phi, cpp_tanh, rs(**res, chains=10_000, steps=100 if q else 1000),
+        group(phi, cpp_tanh, cpp_tanh_big, rs(**res, chains=10_000, steps=100 if q else 1000),
               rs(**res, chains=10_000, steps=100 if q else 300, kernel=False),
               rs(**res, chains=10_000, steps=100 if q else 300, backend="diffrax"),
               ps(**res, chains=10_000, steps=50 if q else 200),
