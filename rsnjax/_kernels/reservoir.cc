@@ -2,18 +2,20 @@
 //
 // The sampler's loop form of the reservoir's Euler-Maruyama step (rsnjax/sde.py, _ReservoirStep):
 //
-//     x_t = W_out u_t + xc_t,    u_{t+1} = (1 - a) u_t + a * phi(W_in x_t + I),
+//     x_t = W_out u_t + (W_out G) c_t,
+//     u_{t+1} = (1 - a) u_t + a * phi(W_in x_t + I),   c_{t+1} = (1 - a) c_t + sqrt(h) xi_t,
 //
-// with xc_t = (W_out G) c_t the noise part of the readout, computed by the caller (in XLA, from
-// rsnjax.sampling.step_noise) for a chunk of L steps. For each chain, this kernel keeps u (N
-// floats) hot in L1/L2 over the L steps and does ONE pass over it per step: the update of u and
-// the next step's readout W_out u_{t+1} are computed in the same loop. It also reports the first
-// step of the chunk whose readout x_t is not finite (-1 if none).
+// with xi_t the step's standard normals, drawn here exactly as rsnjax.sampling.step_noise draws
+// them (same Threefry bits; erf^-1 within a few ulps). One call runs all the steps of a segment.
+// Groups of C chains are copied into an aligned scratch (states padded with zeros to whole
+// vectors), kept hot in L1/L2 over the steps, and get ONE pass per step: the update of u and the
+// next readout W_out u_{t+1} in the same loop, the weights loaded once for the group. The call
+// also reports, per chain, the first step whose readout x_t is not finite (-1 if none).
 //
-// phi: tanh (a rational approximation, the same as Eigen's / XLA's fast float tanh: clamp to
-// +-7.9053, odd polynomial of degree 13 over an even one of degree 6) and relu. The arithmetic is
-// written with GCC/Clang vector extensions (16 floats with AVX-512, 8 with AVX, else 4) plus a
-// scalar tail, so that it vectorises without -ffast-math (which would break the finiteness test).
+// phi: tanh (the rational approximation of Eigen's / XLA's fast float tanh, simd.h, with a folded
+// into the numerator) and relu (one max, with a folded into W_in and I). Written with GCC/Clang
+// vector extensions (simd.h), so that it vectorises without -ffast-math (which would break the
+// finiteness test).
 //
 // Build: setup.py (an optional extension; the package works without it, on XLA's loop). The
 // XLA FFI headers are vendored in include/ (Apache-2.0, see NOTICE).
