@@ -990,6 +990,8 @@ def fit(
         "batch_size": batch_size, "data": kind, "key": _key_fingerprint(key),
         "weight_decay": weight_decay, "reset_optimizer": bool(reset_optimizer),
         "ema_decay": ema_decay, "antithetic": antithetic, "confine": confine,
+        # the penalty's form: a checkpoint from before the slope penalty does not resume under it
+        **({"confinement": f"radial slope <= -{CONFINE_SLOPE}"} if confine is not None else {}),
         **({"tail_weight": tail_weight} if tail_weight is not None else {}),
         **({"stable_target": stable_target} if stable_target is not None else {}),
         **({"broad_noise": list(broad_noise)} if broad_noise is not None else {}),

@@ -332,6 +332,15 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_config(tmp_path):
         _fit(tmp_path, data=data + 1.0, resume=True, max_chunks=0)
 
 
+def test_resume_refuses_a_checkpoint_written_under_another_confinement(tmp_path, monkeypatch):
+    """The confinement penalty's form is in the fingerprint: a checkpoint written under another
+    penalty (an earlier version's) does not silently resume under this one."""
+    _fit_checkpoint(tmp_path)
+    monkeypatch.setattr(training, "CONFINE_SLOPE", 0.5)
+    with pytest.raises(CheckpointError, match="differs in: confinement"):
+        _fit(tmp_path, resume=True, max_chunks=0)
+
+
 def test_resume_refuses_corrupt_or_foreign_files(tmp_path):
     path = _fit_checkpoint(tmp_path)
     data = path.read_bytes()
