@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._kernels._library import KernelLibrary, switched_on
+from ._kernels._library import KernelLibrary
 
 __all__ = ["available", "unavailable_reason", "enabled", "applies_to", "forward", "backward", "MAX_DIM",
            "ACTIVATIONS"]
@@ -50,20 +50,10 @@ _LIBRARY = KernelLibrary("_dsm", "C++ DSM kernel",
                          {_FORWARD: "RsnjaxDsmForward", _BACKWARD: "RsnjaxDsmBackward"}, _configure)
 
 
-def available() -> bool:
-    """Whether the C++ DSM kernels are built and loaded."""
-    return _LIBRARY.load() is not None
-
-
-def unavailable_reason() -> str | None:
-    """Why `available` is False (None when it is True)."""
-    _LIBRARY.load()
-    return _LIBRARY.error
-
-
-def enabled() -> bool:
-    """`available` and not switched off by ``RSNJAX_KERNEL=0``."""
-    return switched_on() and available()
+#: whether the library is built and loaded; why not; and whether it is used (``RSNJAX_KERNEL``)
+available = _LIBRARY.available
+unavailable_reason = _LIBRARY.unavailable_reason
+enabled = _LIBRARY.enabled
 
 
 def _lib() -> ctypes.CDLL:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._library import KernelLibrary, switched_on
+from ._library import KernelLibrary
 
 __all__ = ["available", "enabled", "applies_to", "num_threads", "reservoir_runner", "setting", "MAX_DIM",
            "ACTIVATIONS", "normals"]
@@ -51,20 +51,10 @@ def _configure(lib: ctypes.CDLL) -> None:
 _LIBRARY = KernelLibrary("_reservoir", "C++ kernel", {_TARGET: "RsnjaxReservoirSteps"}, _configure)
 
 
-def available() -> bool:
-    """Whether the C++ kernel is built and loaded."""
-    return _LIBRARY.load() is not None
-
-
-def unavailable_reason() -> str | None:
-    """Why `available` is False (None when it is True)."""
-    _LIBRARY.load()
-    return _LIBRARY.error
-
-
-def enabled() -> bool:
-    """`available` and not switched off by ``RSNJAX_KERNEL=0``."""
-    return switched_on() and available()
+#: whether the library is built and loaded; why not; and whether it is used (``RSNJAX_KERNEL``)
+available = _LIBRARY.available
+unavailable_reason = _LIBRARY.unavailable_reason
+enabled = _LIBRARY.enabled
 
 
 def num_threads() -> int:

@@ -59,6 +59,19 @@ class KernelLibrary:
         self._lib = lib
         return lib
 
+    def available(self) -> bool:
+        """Whether the library is built and loaded."""
+        return self.load() is not None
+
+    def unavailable_reason(self) -> str | None:
+        """Why `available` is False (None when it is True)."""
+        self.load()
+        return self.error
+
+    def enabled(self) -> bool:
+        """`available` and not switched off by ``RSNJAX_KERNEL=0``."""
+        return switched_on() and self.available()
+
     def require(self) -> ctypes.CDLL:
         """The loaded library; RuntimeError (saying why) when it is not there."""
         lib = self.load()

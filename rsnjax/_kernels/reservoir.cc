@@ -39,8 +39,6 @@ namespace {
 using namespace rsnjax_simd;
 
 // Horizontal sums as a tree of halvings (a serial sum would add a long latency chain per step).
-typedef float v2 __attribute__((vector_size(2 * sizeof(float))));
-inline float hsum(v2 v) { return v[0] + v[1]; }
 typedef float v4 __attribute__((vector_size(4 * sizeof(float))));
 inline float hsum(v4 v) {
   const auto b = __builtin_shufflevector(v, v, 0, 1) + __builtin_shufflevector(v, v, 2, 3);

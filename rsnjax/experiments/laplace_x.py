@@ -353,13 +353,14 @@ def run(config: dict, out_dir: Path, *, key, progress: bool | None = None, **_: 
     ref_paper = ref_traj[int(np.searchsorted(times, t_paper - 1e-9))]  # the readout saved at t_paper
     ref_long = np.asarray(ref_run.samples)
     pooled_ref, pooled_ref_se = pooled_kurtosis(ref_traj[times > t_paper + 1e-9])
+    (kept_paper, _), (kept_long, escaped_long) = _kept(ref_paper), _kept(ref_long)
     results["sampler_reference"] = {
-        "excess_kurtosis": {"paper": np.asarray(metrics.excess_kurtosis(_kept(ref_paper)[0])),
-                            "long": np.asarray(metrics.excess_kurtosis(_kept(ref_long)[0]))},
-        "w1": {"paper": np.asarray(metrics.wasserstein_1d(_kept(ref_paper)[0], reference)),
-               "long": np.asarray(metrics.wasserstein_1d(_kept(ref_long)[0], reference))},
+        "excess_kurtosis": {"paper": np.asarray(metrics.excess_kurtosis(kept_paper)),
+                            "long": np.asarray(metrics.excess_kurtosis(kept_long))},
+        "w1": {"paper": np.asarray(metrics.wasserstein_1d(kept_paper, reference)),
+               "long": np.asarray(metrics.wasserstein_1d(kept_long, reference))},
         "kurtosis_pooled": pooled_ref, "kurtosis_pooled_stderr": pooled_ref_se,
-        "fraction_escaped": _kept(ref_long)[1]}
+        "fraction_escaped": escaped_long}
 
     # Plain vs accelerated sampling from one far start x₀ = accel_start (on an arm of the X), for
     # Langevin dynamics of the exact score (stationary law = the target) and for the RSN (its
