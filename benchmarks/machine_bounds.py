@@ -73,22 +73,36 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def cpp_phi_rate(activation: str, threads: int, n: int, iters: int, repeats: int) -> float:
-    """φ evaluations per second of the kernel's plain loop (`rsnjax._kernels.phi_loop`)."""
+def _cpp_loop_rate(loop, threads: int, n: int, iters: int, repeats: int) -> float:
+    """Floats per second of ``loop(x, iters)`` over ``n`` aligned floats per thread (best of
+    ``repeats``, after a warm-up of a tenth)."""
     import time
-
-    import numpy as np
 
     from rsnjax import _kernels
 
-    x = np.full((threads, n), 0.3, np.float32)
-    _kernels.phi_loop(x, max(1, iters // 10), threads, activation)
+    x = _kernels.aligned_rows(threads, n, 0.3)
+    loop(x, max(1, iters // 10))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _kernels.phi_loop(x, iters, threads, activation)
+        loop(x, iters)
         best = min(best, time.perf_counter() - t0)
     return threads * n * iters / best
+
+
+def cpp_phi_rate(activation: str, threads: int, n: int, iters: int, repeats: int) -> float:
+    """φ evaluations per second of the kernel's plain loop (`rsnjax._kernels.phi_loop`)."""
+    from rsnjax import _kernels
+
+    return _cpp_loop_rate(lambda x, it: _kernels.phi_loop(x, it, threads, activation), threads, n, iters, repeats)
+
+
+def cpp_rmw_rate(threads: int, n: int, iters: int, repeats: int) -> float:
+    """Floats per second read and written back by the kernel's read-modify-write loop
+    (`rsnjax._kernels.rmw_loop`) over ``n`` floats per thread."""
+    from rsnjax import _kernels
+
+    return _cpp_loop_rate(lambda x, it: _kernels.rmw_loop(x, it, threads), threads, n, iters, repeats)
 
 
 def cpp_fma_peak(threads: int, iters: int, repeats: int) -> float:

@@ -61,6 +61,26 @@ def test_tanh_approximation_error_against_float64():
     assert np.isnan(_kernels.tanh(np.array([np.nan, 1.0], np.float32))[0])
 
 
+def test_bound_loops_compute_what_they_say():
+    """The machine-bound loops of the benchmarks do the work they are timed for: `aligned_rows`
+    starts on a 64-byte line; `rmw_loop` makes every pass (x ← 0.9999x + 1e-4, 5 passes; a fused or
+    skipped pass would leave x 1e-4 away, 10⁴× the tolerance) and `phi_loop` applies relu then
+    x·1.0001 + 1e-3, each row by its own thread, to float32 rounding (fused multiply-adds)."""
+    x = _kernels.aligned_rows(2, 1000, 0.0)
+    assert x.ctypes.data % 64 == 0 and x.shape == (2, 1000) and x.flags.c_contiguous
+    x[...] = np.linspace(-2, 2, 2000, dtype=np.float32).reshape(2, 1000)
+    ref = x.astype(np.float64)
+    _kernels.rmw_loop(x, 5, 2)
+    for _ in range(5):
+        ref = ref * np.float32(0.9999) + np.float32(1e-4)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-6)
+    y = _kernels.aligned_rows(2, 1000, 0.0)
+    y[...] = np.linspace(-2, 2, 2000, dtype=np.float32).reshape(2, 1000)
+    ref = np.maximum(y.astype(np.float64), 0) * np.float32(1.0001) + np.float32(1e-3)
+    _kernels.phi_loop(y, 1, 2, "relu")
+    np.testing.assert_allclose(y, ref, rtol=0, atol=1e-6)
+
+
 def test_kernel_noise_is_step_noise_to_a_few_ulps():
     """The kernel draws each step's noise itself: the same Threefry bits and uniform as
     `step_noise`, then √2·erf⁻¹ with XLA's polynomial and its own log. Over 64 chains × 2

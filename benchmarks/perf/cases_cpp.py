@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from common import Prepared, skipped
 
 
@@ -38,7 +36,7 @@ def cpp_phi(*, activation="tanh", floats_per_thread=1000, iters=20_000, repeats)
     if k is None:
         return _not_built(f"φ = {activation}, plain C++ loop, {floats_per_thread} floats per thread")
     threads = _cores()
-    x = np.full((threads, floats_per_thread), 0.3, np.float32)
+    x = k.aligned_rows(threads, floats_per_thread, 0.3)
     k.phi_loop(x, max(1, iters // 10), threads, activation)
     return Prepared(lambda: k.phi_loop(x, iters, threads, activation), work=threads * floats_per_thread * iters,
                     unit="elements", row=dict(

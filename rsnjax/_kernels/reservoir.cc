@@ -513,6 +513,32 @@ void rsnjax_phi_loop(float* x, int64_t n, int64_t iters, int64_t threads, int64_
   });
 }
 
+// `iters` read-modify-write passes x <- x * 0.9999 + 1e-4 over `n` floats per thread (each thread its
+// own block; four vectors per iteration, so that nothing but the memory traffic limits it): at a
+// block size that lives in L2, the rate at which a core can stream a state through L2 and back.
+// (Without the barrier below, GCC fuses two passes into one sweep and reports twice the rate.)
+void rsnjax_rmw_loop(float* x, int64_t n, int64_t iters, int64_t threads) {
+  parallel_for(threads, threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      float* p = x + k * n;
+      const vf m = splat(0.9999f), c = splat(1e-4f);
+      for (int64_t it = 0; it < iters; ++it) {
+        int64_t i = 0;
+        for (; i + 4 * kWidth <= n; i += 4 * kWidth) {
+          const vf a0 = load(p + i), a1 = load(p + i + kWidth), a2 = load(p + i + 2 * kWidth),
+                   a3 = load(p + i + 3 * kWidth);
+          store(p + i, a0 * m + c);
+          store(p + i + kWidth, a1 * m + c);
+          store(p + i + 2 * kWidth, a2 * m + c);
+          store(p + i + 3 * kWidth, a3 * m + c);
+        }
+        for (; i < n; ++i) p[i] = p[i] * 0.9999f + 1e-4f;
+        asm volatile("" ::: "memory");  // one pass per sweep: the compiler may not fuse two passes
+      }
+    }
+  });
+}
+
 // Float32 FMA peak: `threads` threads, each `iters` rounds of 12 independent vector FMA chains.
 // Returns the number of floating-point operations done (2 per FMA lane); the caller times it.
 double rsnjax_fma_loop(int64_t iters, int64_t threads) {
