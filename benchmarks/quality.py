@@ -53,6 +53,8 @@ VARIANTS = {
     # the σ_min level's budget (`rsnjax.default_steps`' last level; the others keep 1000 steps)
     "final-40k": {"final_steps": 40_000},
     "final-80k": {"final_steps": 80_000},
+    "final-120k": {"final_steps": 120_000},
+    "final-160k": {"final_steps": 160_000},
     # a larger batch at σ_min only (`fit`'s per-level batch_size; 128 at the other levels)
     "final-batch-512": {"final_batch": 512},
     # the loss weighted by p̂(x̃)^(−α) (`fit`'s density_weight)
@@ -61,6 +63,10 @@ VARIANTS = {
     "final-40k-density-0.5": {"final_steps": 40_000, "density_weight": 0.5},
     "final-40k-density-1": {"final_steps": 40_000, "density_weight": 1.0},
     "final-80k-density-1": {"final_steps": 80_000, "density_weight": 1.0},
+    # a longer parameter average (≈ the last 10 000 steps; the warm-up keeps it short at the other levels)
+    "ema-0.9999": {"ema_decay": 0.9999},
+    "final-40k-ema-0.9999": {"final_steps": 40_000, "ema_decay": 0.9999},
+    "final-80k-ema-0.9999": {"final_steps": 80_000, "ema_decay": 0.9999},
 }
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
