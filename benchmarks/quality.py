@@ -216,7 +216,8 @@ def _seed_list(text: str) -> list[int]:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", default="default", choices=sorted(VARIANTS))
+    p.add_argument("--variant", default="default",
+                   help=f"one of {', '.join(sorted(VARIANTS))} (any saved name for the tables)")
     p.add_argument("--targets", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=_seed_list, default=None,
@@ -236,6 +237,8 @@ def main(argv=None):
     if args.seeds_table:
         print(seeds_table(saved, args.variant, args.seeds_table))
         return 0
+    if args.variant not in VARIANTS:
+        p.error(f"--variant must be one of {', '.join(sorted(VARIANTS))}, got {args.variant!r}")
     import jax
 
     import quality_data
