@@ -18,6 +18,7 @@ held-out data points and run for t = 5 (dt = min(1e-3, `rsnjax.stable_step_size`
     python benchmarks/quality.py --variant stf-broad --targets moons --seed 1   # saved as "stf-broad@seed1"
     python benchmarks/quality.py --seeds 0,1,2 --targets moons,circles   # each seed under its own key
     python benchmarks/quality.py --seeds-table 0,1,2 --variant default   # ratio per seed, pass over all seeds
+    python benchmarks/quality.py --study-table          # the σ_min study's table (docs/QUALITY.md)
     python benchmarks/quality.py --table                # print the markdown tables of all saved variants
     python benchmarks/quality.py --variance             # variance of the DSM and stable targets at σ_min
 
@@ -204,6 +205,33 @@ def seeds_table(saved: dict, variant: str, seeds) -> str:
     return "\n".join(lines)
 
 
+#: docs/QUALITY.md's study of the σ_min level (issue 11): (JSON variant, label) per row
+STUDY = [("default (20 000 steps at σ_min, before 2026-12-02)", "defaults (20 000 steps at σ_min)"),
+         ("final-40k", "40 000 steps at σ_min"), ("final-80k", "80 000"), ("final-120k", "120 000"),
+         ("final-160k", "160 000"), ("final-batch-512", "batch 512 at σ_min (20 000 steps)"),
+         ("ema-0.9999", "`ema_decay=0.9999`"), ("final-80k-ema-0.9999", "80 000 steps, `ema_decay=0.9999`"),
+         ("density-0.5", "`density_weight=0.5`"), ("density-1", "`density_weight=1`")]
+
+
+def study_table(saved: dict, targets=("moons", "circles", "swiss_roll"), seeds=(0, 1, 2)) -> str:
+    """The study's table: per variant, the ratio on each seed of each target (✗: goal missed),
+    the runs passed and the median train time. Variants not (fully) measured are left out."""
+    variants = saved.get("variants", {})
+    head = ("| variant | " + " | ".join(f"{t} (seeds {' / '.join(map(str, seeds))})" for t in targets)
+            + " | runs passed | train s (one core) |\n|---|" + "---|" * (len(targets) + 2))
+    lines = [head]
+    for variant, label in STUDY:
+        try:
+            rows = [[variants[entry_name(variant, s)][t] for s in seeds] for t in targets]
+        except KeyError:
+            continue
+        cells = [" / ".join(f"{r['ratio']:.2f}" + ("" if r["pass"] else "✗") for r in rs) for rs in rows]
+        flat = [r for rs in rows for r in rs]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(r['pass'] for r in flat)} of {len(flat)} | "
+                     f"{np.median([r['train_s'] for r in flat]):.1f} |")
+    return "\n".join(lines)
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -226,6 +254,8 @@ def main(argv=None):
                    help="print the per-seed table of --variant over these seeds from the saved results and exit")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--table", action="store_true", help="print the tables of the saved results and exit")
+    p.add_argument("--study-table", action="store_true",
+                   help="print docs/QUALITY.md's table of the σ_min study (failing targets × seeds 0-2) and exit")
     p.add_argument("--variance", action="store_true",
                    help="print the variance of the DSM and stable targets at σ_min (no training) and exit")
     args = p.parse_args(argv)
@@ -236,6 +266,9 @@ def main(argv=None):
         return 0
     if args.seeds_table:
         print(seeds_table(saved, args.variant, args.seeds_table))
+        return 0
+    if args.study_table:
+        print(study_table(saved))
         return 0
     if args.variant not in VARIANTS:
         p.error(f"--variant must be one of {', '.join(sorted(VARIANTS))}, got {args.variant!r}")
