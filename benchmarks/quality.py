@@ -16,10 +16,15 @@ held-out data points and run for t = 5 (dt = min(1e-3, `rsnjax.stable_step_size`
     python benchmarks/quality.py --variant cosine       # Adam cosine-decayed within each level (rsnjax.cosine_optimizer)
     python benchmarks/quality.py --variant no-ema --targets moons,circles
     python benchmarks/quality.py --variant stf-broad --targets moons --seed 1   # saved as "stf-broad@seed1"
+    python benchmarks/quality.py --seeds 0,1,2 --targets moons,circles   # each seed under its own key
+    python benchmarks/quality.py --seeds-table 0,1,2 --variant default   # ratio per seed, pass over all seeds
+    python benchmarks/quality.py --study-table          # the σ_min study's table (docs/QUALITY.md)
     python benchmarks/quality.py --table                # print the markdown tables of all saved variants
     python benchmarks/quality.py --variance             # variance of the DSM and stable targets at σ_min
 
-Results are saved per variant (``--seed 0``) or per variant and seed (``variant@seedS``).
+Results are saved per variant (``--seed 0``) or per variant and seed (``variant@seedS``), each row
+as soon as it is measured. ``--seeds 0,1,2`` runs every target on each seed in one call;
+``--seeds-table`` prints, per target, the ratio on each seed and whether it passed on all of them.
 """
 
 from __future__ import annotations
@@ -46,6 +51,23 @@ VARIANTS = {
     "stf-broad": {"stable_target": 2048, "broad_noise": (0.25, 3.0)},
     "stf-1024": {"stable_target": 1024},
     "stf-4096": {"stable_target": 4096},
+    # the σ_min level's budget (`rsnjax.default_steps`' last level; the others keep 1000 steps)
+    "final-40k": {"final_steps": 40_000},
+    "final-80k": {"final_steps": 80_000},
+    "final-120k": {"final_steps": 120_000},
+    "final-160k": {"final_steps": 160_000},
+    # a larger batch at σ_min only (`fit`'s per-level batch_size; 128 at the other levels)
+    "final-batch-512": {"final_batch": 512},
+    # the loss weighted by p̂(x̃)^(−α) (`fit`'s density_weight)
+    "density-0.5": {"density_weight": 0.5},
+    "density-1": {"density_weight": 1.0},
+    "final-40k-density-0.5": {"final_steps": 40_000, "density_weight": 0.5},
+    "final-40k-density-1": {"final_steps": 40_000, "density_weight": 1.0},
+    "final-80k-density-1": {"final_steps": 80_000, "density_weight": 1.0},
+    # a longer parameter average (≈ the last 10 000 steps; the warm-up keeps it short at the other levels)
+    "ema-0.9999": {"ema_decay": 0.9999},
+    "final-40k-ema-0.9999": {"final_steps": 40_000, "ema_decay": 0.9999},
+    "final-80k-ema-0.9999": {"final_steps": 80_000, "ema_decay": 0.9999},
 }
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality.json"
@@ -66,10 +88,18 @@ def run_one(name, draw, variant, seed=0):
     kwargs = dict(VARIANTS[variant])
     if kwargs.get("optimizer") == "cosine":
         kwargs["optimizer"] = rsnjax.cosine_optimizer(2000)
+    final_steps, final_batch = kwargs.pop("final_steps", None), kwargs.pop("final_batch", None)
+    levels = len(rsnjax.default_sigmas(np.asarray(train, np.float32)))
+    if final_steps is not None:  # the default schedule's levels, with this many steps at the last
+        kwargs["steps_per_level"] = rsnjax.default_steps(levels)[:-1] + [final_steps]
+    if final_batch is not None:  # the default batch at every level but the last
+        kwargs["batch_size"] = [rsnjax.training.DEFAULT_BATCH_SIZE] * (levels - 1) + [final_batch]
     net = rsnjax.ScoreNetwork(d, HIDDEN, key=jax.random.key(seed))
     t0 = time.perf_counter()
     net, history = rsnjax.fit(net, np.asarray(train, np.float32), key=jax.random.key(seed + 1),
                               progress=False, **kwargs)
+    if final_steps is not None or final_batch is not None:
+        assert len(history.sigmas) == levels, "default_sigmas of the data differs from fit's schedule"
     train_time = time.perf_counter() - t0
     steps = int(np.sum(np.isfinite(history.loss)))
     sigma_min = float(history.sigmas[-1])
@@ -146,13 +176,86 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def entry_name(variant: str, seed: int) -> str:
+    """The JSON key of a variant's results on one seed (seed 0: the variant's name alone)."""
+    return variant if seed == 0 else f"{variant}@seed{seed}"
+
+
+def seeds_table(saved: dict, variant: str, seeds) -> str:
+    """Per target: MMD² / max(floor, blur bias) on each seed (✗: goal missed or a chain escaped)
+    and whether the goal was met on every seed measured."""
+    variants = saved.get("variants", {})
+    names = []
+    for s in seeds:
+        names += [n for n in variants.get(entry_name(variant, s), {}) if n not in names]
+    head = ("| target | " + " | ".join(f"seed {s}" for s in seeds) + " | all seeds | train s |\n|---|"
+            + "---|" * (len(seeds) + 2))
+    lines, passed = [head], 0
+    for name in names:
+        rows = [variants.get(entry_name(variant, s), {}).get(name) for s in seeds]
+        cells = ["–" if r is None else f"{r['ratio']:.2f}" + ("" if r["pass"] else " **✗**") for r in rows]
+        done = [r for r in rows if r is not None]
+        ok = all(r["pass"] for r in done)
+        passed += ok and len(done) == len(seeds)
+        verdict = ("pass" if ok else "**fail**") + ("" if len(done) == len(seeds) else f" ({len(done)} run)")
+        times = [r["train_s"] for r in done]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {verdict} | "
+                     f"{min(times):.1f}–{max(times):.1f} |")
+    lines.append(f"\n{passed} of {len(names)} targets meet the goal on all {len(seeds)} seeds.")
+    return "\n".join(lines)
+
+
+#: docs/QUALITY.md's study of the σ_min level (issue 11): (JSON variant, label) per row
+STUDY = [("default (20 000 steps at σ_min, before 2026-12-02)", "defaults (20 000 steps at σ_min)"),
+         ("final-40k", "40 000 steps at σ_min"), ("final-80k", "80 000"), ("final-120k", "120 000"),
+         ("final-160k", "160 000"), ("final-batch-512", "batch 512 at σ_min (20 000 steps)"),
+         ("ema-0.9999", "`ema_decay=0.9999`"), ("final-80k-ema-0.9999", "80 000 steps, `ema_decay=0.9999`"),
+         ("density-0.5", "`density_weight=0.5`"), ("density-1", "`density_weight=1`")]
+
+
+def study_table(saved: dict, targets=("moons", "circles", "swiss_roll"), seeds=(0, 1, 2)) -> str:
+    """The study's table: per variant, the ratio on each seed of each target (✗: goal missed),
+    the runs passed and the median train time. Variants not (fully) measured are left out."""
+    variants = saved.get("variants", {})
+    head = ("| variant | " + " | ".join(f"{t} (seeds {' / '.join(map(str, seeds))})" for t in targets)
+            + " | runs passed | train s (one core) |\n|---|" + "---|" * (len(targets) + 2))
+    lines = [head]
+    for variant, label in STUDY:
+        try:
+            rows = [[variants[entry_name(variant, s)][t] for s in seeds] for t in targets]
+        except KeyError:
+            continue
+        cells = [" / ".join(f"{r['ratio']:.2f}" + ("" if r["pass"] else "✗") for r in rs) for rs in rows]
+        flat = [r for rs in rows for r in rs]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(r['pass'] for r in flat)} of {len(flat)} | "
+                     f"{np.median([r['train_s'] for r in flat]):.1f} |")
+    return "\n".join(lines)
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed")
+    return seeds
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", default="default", choices=sorted(VARIANTS))
+    p.add_argument("--variant", default="default",
+                   help=f"one of {', '.join(sorted(VARIANTS))} (any saved name for the tables)")
     p.add_argument("--targets", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_seed_list, default=None,
+                   help="comma-separated seeds, each saved under its own key (overrides --seed)")
+    p.add_argument("--seeds-table", type=_seed_list, default=None, metavar="SEEDS",
+                   help="print the per-seed table of --variant over these seeds from the saved results and exit")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--table", action="store_true", help="print the tables of the saved results and exit")
+    p.add_argument("--study-table", action="store_true",
+                   help="print docs/QUALITY.md's table of the σ_min study (failing targets × seeds 0-2) and exit")
     p.add_argument("--variance", action="store_true",
                    help="print the variance of the DSM and stable targets at σ_min (no training) and exit")
     args = p.parse_args(argv)
@@ -161,6 +264,14 @@ def main(argv=None):
         for variant, rows in saved.get("variants", {}).items():
             print(f"\n### {variant}\n\n{table(list(rows.values()))}")
         return 0
+    if args.seeds_table:
+        print(seeds_table(saved, args.variant, args.seeds_table))
+        return 0
+    if args.study_table:
+        print(study_table(saved))
+        return 0
+    if args.variant not in VARIANTS:
+        p.error(f"--variant must be one of {', '.join(sorted(VARIANTS))}, got {args.variant!r}")
     import jax
 
     import quality_data
@@ -174,29 +285,32 @@ def main(argv=None):
             print(f"| {name} | {v['sigma_min']:.3g} | {v['dsm']:.3g} | {v[1024]:.3g} | {v[2048]:.3g} | {v[4096]:.3g} |",
                   flush=True)
         return 0
-    rows = []
-    for name in names:
-        draw, _ = sets[name]
-        row = run_one(name, draw, args.variant, seed=args.seed)
-        rows.append(row)
-        print(f"{name:18s} mmd2 {row['mmd2']:.2e} ratio {row['ratio']:6.2f} escaped {row['escaped']:4d} "
-              f"rhat {row['rhat']:.3f} sigmas {row['sigma_max']:.3g}->{row['sigma_min']:.3g} ({row['levels']}) "
-              f"train {row['train_s']:.1f}s ({row['steps_per_s']:.0f} steps/s) sample {row['sample_s']:.1f}s "
-              f"{'PASS' if row['pass'] else 'FAIL'}", flush=True)
     import diffrax
     import equinox
     import optax
 
-    entry = args.variant if args.seed == 0 else f"{args.variant}@seed{args.seed}"
-    saved.setdefault("variants", {}).setdefault(entry, {})
-    for row in rows:
-        row["seed"] = args.seed
-        saved["variants"][entry][row["target"]] = row
-    saved["versions"] = {"jax": jax.__version__, "equinox": equinox.__version__,
-                         "optax": optax.__version__, "diffrax": diffrax.__version__}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(saved, indent=1))
-    print("\n" + table(rows))
+    seeds = args.seeds if args.seeds else [args.seed]
+    rows = {s: [] for s in seeds}
+    for name, seed in [(n, s) for n in names for s in seeds]:  # a target's seeds one after another
+        draw, _ = sets[name]
+        row = run_one(name, draw, args.variant, seed=seed)
+        row["seed"] = seed
+        rows[seed].append(row)
+        # saved row by row (re-read first, so that another run's rows are kept)
+        saved = json.loads(args.out.read_text()) if args.out.exists() else {}
+        saved.setdefault("variants", {}).setdefault(entry_name(args.variant, seed), {})[name] = row
+        saved["versions"] = {"jax": jax.__version__, "equinox": equinox.__version__,
+                             "optax": optax.__version__, "diffrax": diffrax.__version__}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(saved, indent=1))
+        print(f"{name:18s} seed {seed} mmd2 {row['mmd2']:.2e} ratio {row['ratio']:6.2f} escaped {row['escaped']:4d} "
+              f"rhat {row['rhat']:.3f} sigmas {row['sigma_max']:.3g}->{row['sigma_min']:.3g} ({row['levels']}) "
+              f"train {row['train_s']:.1f}s ({row['steps_per_s']:.0f} steps/s) sample {row['sample_s']:.1f}s "
+              f"{'PASS' if row['pass'] else 'FAIL'}", flush=True)
+    for seed in seeds:
+        print(f"\nseed {seed}:\n" + table(rows[seed]))
+    if len(seeds) > 1:
+        print("\n" + seeds_table(json.loads(args.out.read_text()), args.variant, seeds))
     return 0
 
 

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-levels", type=positive_int, default=None,
                    help="number of geometric noise levels (default: from the data, at least 10)")
     p.add_argument("--steps-per-level", type=positive_int, default=None,
-                   help="optimiser steps at every level (default: fit's, 1000 per level and 20000 at the last)")
+                   help="optimiser steps at every level (default: fit's, 1000 per level and 160000 at the last)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="examples per step")
     p.add_argument("--learning-rate", type=positive_float, default=1e-3, help="optimiser learning rate")
     p.add_argument("--optimizer", choices=("adam", "cosine", "amsgrad"), default="adam",

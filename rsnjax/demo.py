@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=1000, help="reservoir size N (default: 1000)")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="φ (default: relu)")
     p.add_argument("--steps-per-level", type=int, default=None,
-                   help="optimiser steps per level (default: fit's, 1000 per level and 20000 at the last); "
+                   help="optimiser steps per level (default: fit's, 1000 per level and 160000 at the last); "
                         "the noise levels, optimiser and parameter averaging are fit's defaults")
     p.add_argument("--chains", type=int, default=10_000, help="parallel chains (default: 10000)")
     p.add_argument("--burn-in", type=int, default=1000, help="Euler–Maruyama steps before saving starts (default: 1000)")

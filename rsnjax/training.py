@@ -131,6 +131,28 @@ def _log_tail_weight(points, mean, whitening, power: float):
     return 0.5 * power * jnp.log1p(jnp.sum(z * z, axis=-1))
 
 
+def density_weights(noisy, reference, sigma, bandwidth: float, power: float, cap: float | None = None):
+    """`fit`'s ``density_weight``: per-row loss weights ∝ p̂(x̃)^(−power), normalised to mean 1
+    over the rows (then clipped at ``cap`` when given).
+
+    p̂ is a Gaussian kernel density estimate over the ``reference`` rows with bandwidth
+    ``sqrt(σ² + bandwidth²)`` (the σ-blurred data density, smoothed by ``bandwidth``). A weight
+    that depends on x̃ alone leaves DSM's pointwise minimiser, the σ-blurred score, unchanged; it
+    moves the network's capacity towards low-density regions (the valleys between close ridges).
+
+    **Arguments:** `noisy` ``(batch, d)`` the noisy inputs x̃; `reference` ``(K, d)`` data rows;
+    `sigma` the noise level; `bandwidth` h ≥ 0; `power` α ≥ 0; `cap` the largest weight or None.
+
+    **Returns:** ``(batch,)`` weights with mean 1 (before the cap)."""
+    var = sigma**2 + bandwidth**2
+    d2 = (jnp.sum(noisy**2, -1)[:, None] - 2 * noisy @ reference.T + jnp.sum(reference**2, -1)[None, :])
+    log_p = jax.nn.logsumexp(-jnp.maximum(d2, 0.0) / (2 * var), axis=-1)  # up to a constant
+    log_w = -power * log_p
+    log_w = log_w - jax.nn.logsumexp(log_w) + jnp.log(jnp.asarray(noisy.shape[0], log_w.dtype))
+    w = jnp.exp(log_w)
+    return w if cap is None else jnp.minimum(w, cap)
+
+
 def _is_target(data) -> bool:
     return hasattr(data, "sample") and hasattr(data, "dim") and not isinstance(data, (np.ndarray, jax.Array))
 
@@ -347,14 +369,14 @@ def _dsm_and_penalty_grads(model, x, noise, sigma, near, far, axis, weight, row_
 
 
 def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch_size: int, dtype,
-                        options: tuple = (None, False, None, 0, None, None, None), mesh=None,
+                        options: tuple = (None, False, None, 0, None, None, None, None), mesh=None,
                         sharded: bool = False,
                         kernel: bool = False):
     """The jit-compiled chunk of `fit`: a `lax.scan` of DSM steps.
 
     ``options`` = (ema_decay or None, antithetic, confine weight or None, far-field points per step,
     tail-weight power or None, stable-target reference rows K or None, broad noise (fraction,
-    scale) or None).
+    scale) or None, density weight (power, bandwidth, reference rows) or None).
 
     With a ``mesh`` (a 1-D `jax.sharding.Mesh` over the ``"batch"`` axis) the scan runs under
     `jax.shard_map`: parameters, optimiser state and keys are replicated, each device computes
@@ -369,7 +391,7 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
     ``kernel`` is `rsnjax._dsm_kernel.enabled()` when `fit` builds the chunk: a part of the cache
     key only (the step chooses the C++ kernels or XLA when it is traced).
     """
-    ema_decay, antithetic, confine, num_far, tail_weight, stable, broad = options
+    ema_decay, antithetic, confine, num_far, tail_weight, stable, broad, density = options
     half = -(-batch_size // 2)
     # `broad_noise`: the scale of each row's noise (1, or c on the last rows of every antithetic
     # half, so that the two rows of a pair keep the same scale)
@@ -418,7 +440,11 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
 
     def reference_rows(data_in, batch, k_noise):  # `stable_target`: the batch's own rows + random ones
         if stable is None:
-            return None
+            if density is None:
+                return None
+            # `density_weight` alone: random data rows for the density estimate
+            rows = jax.random.randint(jax.random.fold_in(k_noise, 3), (density[2],), 0, data_in.shape[0])
+            return data_in[rows]
         own = batch[:half] if antithetic else batch
         others = jax.random.randint(jax.random.fold_in(k_noise, 2), (stable - own.shape[0],), 0,
                                     data_in.shape[0])
@@ -465,7 +491,11 @@ def _build_chunk_runner(static, tx, source_static, draw, from_array: bool, batch
             mean, _, _, whitening = far
             weights = jnp.exp(_log_tail_weight(batch + sigma * noise, mean, whitening, tail_weight)
                               - _log_tail_weight(batch, mean, whitening, tail_weight))
-        if reference is not None:  # `stable_target`: t(x̃) replaces −ε/σ in every path below
+        if density is not None:  # ∝ p̂(x̃)^(−α) over the reference rows, mean 1 over the rows
+            w = density_weights(batch + sigma * noise, reference, sigma, density[1], density[0],
+                                DENSITY_WEIGHT_CAP).astype(batch.dtype)
+            weights = w if weights is None else weights * w
+        if stable is not None:  # `stable_target`: t(x̃) replaces −ε/σ in every path below
             mask = None if logit_mask is None else (logit_mask if mesh is None else device_rows(logit_mask))
             batch, noise = _stable_target_inputs(batch, noise, sigma, reference, mask)
         if confine is not None and cond is None and mesh is None and _dsm_kernel.applies_to(model, batch):
@@ -544,11 +574,14 @@ _CONCRETE_VALUE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerA
 #: The default budget: every level but the last gets `DEFAULT_STEPS_PER_LEVEL` steps, the last
 #: (σ_min, the only one the sampler uses) `DEFAULT_FINAL_STEPS` (see `default_steps`).
 DEFAULT_STEPS_PER_LEVEL = 1000
-DEFAULT_FINAL_STEPS = 20_000
+DEFAULT_FINAL_STEPS = 160_000
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 1e-3
 DEFAULT_EMA_DECAY = 0.999
 DEFAULT_CONFINE = 1.0
+#: `fit`'s ``density_weight``: data rows of the density estimate per step, and the largest weight
+DENSITY_REFERENCE_ROWS = 1024
+DENSITY_WEIGHT_CAP = 20.0
 #: Far-field points per step for the confinement penalty (each with a second point twice as far out).
 CONFINE_POINTS = 64
 #: the confinement's least inward radial slope beyond the shell (`confinement_penalty`)
@@ -570,7 +603,7 @@ EXTENT_DRAWS = 10_000
 @functools.lru_cache(maxsize=16)
 def default_steps(num_levels: int) -> list[int]:
     """`fit`'s default steps per level: `DEFAULT_STEPS_PER_LEVEL` (1000) at every level but the
-    last, `DEFAULT_FINAL_STEPS` (20 000) at the last.
+    last, `DEFAULT_FINAL_STEPS` (160 000) at the last.
 
     The sampler uses the model of the last level (σ_min) only; the earlier levels are a
     curriculum that brings the network near the data. What limits sample quality on thin and
@@ -578,7 +611,11 @@ def default_steps(num_levels: int) -> list[int]:
     concentric rings the learned radial slope reaches 11–17 of the true 30 after 2000 steps, and
     still only 26–29 after 6000 steps of noise-free regression onto the exact score), so the
     budget goes where it is used: with the same 20 000 steps in total, moving them to the last
-    level lowered the rings' MMD² from 37× to 14× the floor (docs/QUALITY.md).
+    level lowered the rings' MMD² from 37× to 14× the floor (docs/QUALITY.md). More steps there
+    kept helping: on the quality suite's thin curved sets over three seeds, 20 000 → 160 000
+    steps at σ_min took the swiss roll from 16/15/4.0× the floor to 0.4/1.1/0.3× and moons from
+    6.5/9.8/2.7× to 4.0/2.4/0.6× (a larger batch, a longer parameter average or a density weight
+    did less or harm); it trains N = 1000, d = 2 in ≈ 19 s on one core (C++ DSM kernels).
 
     **Arguments:** `num_levels` ≥ 1. **Returns:** a list of `num_levels` ints.
     """
@@ -645,7 +682,7 @@ def fit(
     sigmas=None,
     steps_per_level: int | Sequence[int] | None = None,
     epochs_per_level: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | Sequence[int] = DEFAULT_BATCH_SIZE,
     optimizer: optax.GradientTransformation | None = None,
     weight_decay: float = 0.0,
     reset_optimizer: bool = True,
@@ -655,6 +692,7 @@ def fit(
     tail_weight: float | None = None,
     stable_target: int | None = None,
     broad_noise: tuple[float, float] | None = None,
+    density_weight: float | None = None,
     key,
     progress: bool | None = None,
     chunk_size: int | None = None,
@@ -682,10 +720,12 @@ def fit(
       Default: `rsnjax.default_sigmas` of the data (σ_max = the largest pairwise distance,
       σ_min = the data's finest scale, 10 or more geometric levels).
     - `steps_per_level`: optimiser steps at each level: an int, or one int per level. Default:
-      `default_steps` — 1000 at every level but the last and 20 000 at the last (σ_min), the
-      only level whose model the sampler uses. For array data `epochs_per_level` may be given
+      `default_steps` — 1000 at every level but the last and 160 000 at the last (σ_min), the
+      only level whose model the sampler uses (≈ 19 s for N = 1000, d = 2 on one CPU core with
+      the C++ DSM kernels; pass fewer steps for a quick run). For array data `epochs_per_level` may be given
       instead (steps = epochs × ⌊num / batch_size⌋ at every level).
-    - `batch_size`: examples per step (default 128).
+    - `batch_size`: examples per step (default 128): an int, or one int per level (e.g. a larger
+      batch at σ_min only; every distinct size compiles its own program).
     - `optimizer`: an optax transformation. Default: `default_optimizer` — Adam at a constant
       1e-3 (with the parameter average below; `cosine_optimizer` decays it within each level).
       (The paper's double peak uses
@@ -737,6 +777,18 @@ def fit(
       get trained. A broad row's own x is left out of its references (with it, the target would
       point back at the row x̃ was drawn from, cσ away). Measured with (0.25, 3): worse than
       `stable_target` alone on moons and swiss roll (docs/QUALITY.md).
+    - `density_weight`: a power α ≥ 0 (None or 0: off), for array data: each row's DSM loss is
+      weighted by w(x̃) ∝ p̂(x̃)^(−α), normalised to mean 1 over the step's rows and clipped at
+      `DENSITY_WEIGHT_CAP` (`density_weights`). p̂ is a Gaussian kernel density estimate over
+      `DENSITY_REFERENCE_ROWS` random data rows per step, at bandwidth sqrt(σ² + h²), h = Scott's
+      factor K^(−1/(d+4)) × the data's RMS standard deviation. A weight that depends on x̃ alone
+      leaves the minimiser (the σ-blurred score) unchanged; this one shifts the network's
+      capacity towards low-density regions, such as the valley between two close ridges, which
+      DSM samples rarely. Needs array `data`, an unconditional model and one process; combines
+      with `tail_weight` (the weights multiply). The recorded loss is then the weighted one.
+      Measured on the thin curved sets of ``benchmarks/quality.py`` (docs/QUALITY.md): worse on
+      circles and swiss roll on every seed (seed 0: 4.3× → 20× the floor at α = 0.5, 123× at
+      α = 1): an option, not a default.
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
@@ -796,8 +848,17 @@ def fit(
             raise ValueError(f"`sigmas` must be a non-empty 1-D sequence, got shape {sigmas.shape}")
         if not np.all(np.isfinite(sigmas)) or np.any(sigmas <= 0):
             raise ValueError(f"`sigmas` must all be finite and > 0, got {sigmas}")
-    batch_size = check_int(batch_size, "batch_size")
-    mesh = dist.fit_mesh(data_parallel, batch_size)
+    level_batches = None  # one batch size per level, when a sequence is given
+    if isinstance(batch_size, (list, tuple, np.ndarray)):
+        level_batches = [check_int(b, "batch_size") for b in np.asarray(batch_size, dtype=object).ravel()]
+        if not level_batches:
+            raise ValueError("`batch_size` must be a positive int or a non-empty sequence of them (one per level)")
+        for b in sorted(set(level_batches)):
+            mesh = dist.fit_mesh(data_parallel, b)
+        batch_size = max(level_batches)  # the largest, for the checks below
+    else:
+        batch_size = check_int(batch_size, "batch_size")
+        mesh = dist.fit_mesh(data_parallel, batch_size)
     num_devices = 1 if mesh is None else mesh.devices.size
     multiprocess = dist.is_multiprocess()
     # rows an array `data` needs here: a batch, or this process's share of one under jax.distributed
@@ -820,6 +881,8 @@ def fit(
         if stable_target < batch_size:
             raise ValueError(f"`stable_target` (reference rows K) must be at least `batch_size` "
                              f"({batch_size}), got {stable_target}")
+    if density_weight is not None:
+        density_weight = check_positive(density_weight, "density_weight", allow_zero=True) or None
     if broad_noise is not None:
         broad_noise = _check_broad_noise(broad_noise)
         if stable_target is None:
@@ -860,6 +923,11 @@ def fit(
                          + ("a run under jax.distributed" if multiprocess else
                             "a conditional model" if conditional else f"{kind.split(':')[0]} data")
                          + "; draw a large sample from a target first")
+    if density_weight is not None and (data_array is None or conditional or multiprocess):
+        raise ValueError("`density_weight` needs `data` as an array, an unconditional model and one process, got "
+                         + ("a run under jax.distributed" if multiprocess else
+                            "a conditional model" if conditional else f"{kind.split(':')[0]} data")
+                         + "; draw a large sample from a target first")
     if tail_weight is not None and (data_array is None or multiprocess):
         raise ValueError("`tail_weight` needs `data` as an array (or (x, c) pairs) in one process, got "
                          + ("a run under jax.distributed" if multiprocess else f"{kind.split(':')[0]} data")
@@ -874,12 +942,15 @@ def fit(
         share = int(dist.allgather_host(np.array([share])).min())
         extent_rows = dist.allgather_host(np.asarray(data_array[:share])).reshape(-1, data_array.shape[1])
     if data_array is not None:
-        steps_per_epoch = (block_rows // (batch_size // num_devices) if sharded
-                           else data_array.shape[0] // batch_size)
+
+        def epoch_steps(b: int) -> int:  # steps per epoch at batch size b
+            return block_rows // (b // num_devices) if sharded else data_array.shape[0] // b
+
         if epochs_per_level is not None:
             if steps_per_level is not None:
                 raise ValueError("give either `steps_per_level` or `epochs_per_level`, not both")
-            steps_per_level = check_int(epochs_per_level, "epochs_per_level") * steps_per_epoch
+            epochs = check_int(epochs_per_level, "epochs_per_level")
+            steps_per_level = epochs * epoch_steps(batch_size) if level_batches is None else None
     elif epochs_per_level is not None:
         raise ValueError("`epochs_per_level` needs array `data`; use `steps_per_level` for targets")
 
@@ -891,6 +962,12 @@ def fit(
     if sigmas is None:
         sigmas = default_sigmas(extent_points)
     num_levels = len(sigmas)
+    if level_batches is not None and len(level_batches) != num_levels:
+        raise ValueError(f"`batch_size` has {len(level_batches)} entries but the schedule has {num_levels} "
+                         "levels; give one batch size per level or a single int")
+    batches = level_batches if level_batches is not None else [batch_size] * num_levels
+    if epochs_per_level is not None and level_batches is not None:
+        steps_per_level = [epochs * epoch_steps(b) for b in batches]
     level_steps = default_steps(num_levels) if steps_per_level is None else _check_steps(steps_per_level, num_levels)
     common = math.gcd(*level_steps)
     chunk = check_int(chunk_size, "chunk_size") if chunk_size is not None else _divisor_at_most(common, 250)
@@ -931,11 +1008,16 @@ def fit(
     params, static = eqx.partition(model, eqx.is_inexact_array)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     noise_root, data_root = jax.random.split(key)
+    density = None
+    if density_weight is not None:  # (α, h, K): Scott's bandwidth for K rows, the data's RMS sd
+        rms_sd = float(np.sqrt(np.mean(np.var(np.asarray(data_array, np.float64), axis=0))))
+        density = (density_weight, rms_sd * DENSITY_REFERENCE_ROWS ** (-1.0 / (data_array.shape[1] + 4)),
+                   DENSITY_REFERENCE_ROWS)
     options = (ema_decay, antithetic, confine, CONFINE_POINTS if confine is not None else 0, tail_weight,
-               stable_target, broad_noise)
+               stable_target, broad_noise, density)
     build = _build_chunk_runner if draw is not None else _cached_chunk_runner
-    run_chunk = build(static, tx, source_static, draw, data_array is not None, batch_size, dtype, options,
-                      mesh, sharded, _dsm_kernel.enabled())
+    runners = {b: build(static, tx, source_static, draw, data_array is not None, b, dtype, options,
+                        mesh, sharded, _dsm_kernel.enabled()) for b in sorted(set(batches))}
     far = _far_field_arrays(extent, dtype)
     row_probs = None
     if tail_weight is not None:  # rows are drawn ∝ w(x) (see `tail_weight`)
@@ -947,6 +1029,8 @@ def fit(
     def batch_indices(level: int, start: int, length: int) -> jax.Array:
         if data_array is None:
             return np.zeros((length, 0), np.int32)  # NumPy: no eager dispatch per chunk
+        batch_size = batches[level]
+        steps_per_epoch = epoch_steps(batch_size)
         if sharded:  # (length, num_devices, rows per device) into each device's own block
             per = batch_size // num_devices
             rows = np.empty((length, num_devices, per), np.int32)
@@ -987,7 +1071,8 @@ def fit(
     fingerprint = {
         "sigmas": [float(s) for s in sigmas],
         "steps_per_level": level_steps if len(set(level_steps)) > 1 else level_steps[0],
-        "batch_size": batch_size, "data": kind, "key": _key_fingerprint(key),
+        "batch_size": batch_size if level_batches is None else level_batches,
+        "data": kind, "key": _key_fingerprint(key),
         "weight_decay": weight_decay, "reset_optimizer": bool(reset_optimizer),
         "ema_decay": ema_decay, "antithetic": antithetic, "confine": confine,
         # the penalty's form: a checkpoint from before the slope penalty does not resume under it
@@ -995,6 +1080,7 @@ def fit(
         **({"tail_weight": tail_weight} if tail_weight is not None else {}),
         **({"stable_target": stable_target} if stable_target is not None else {}),
         **({"broad_noise": list(broad_noise)} if broad_noise is not None else {}),
+        **({"density_weight": density_weight} if density_weight is not None else {}),
     }
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if resume and ckpt_path.exists():
@@ -1082,6 +1168,7 @@ def fit(
         for level in range(start_level, num_levels):
             sigma = jnp.asarray(sigmas[level], dtype)
             level_key = jax.random.fold_in(noise_root, level)
+            run_chunk = runners[batches[level]]
             step = start_step if level == start_level else 0
             if step == 0 and reset_optimizer and level > 0:
                 opt_state = tx.init(params)
@@ -1101,8 +1188,9 @@ def fit(
                         raise
                     # the target's `sample` needs concrete values: close over it instead
                     source, draw = None, (lambda k, bs: target.sample(k, bs))
-                    run_chunk = _build_chunk_runner(static, tx, None, draw, False, batch_size, dtype, options,
-                                                    mesh, sharded)
+                    runners = {b: _build_chunk_runner(static, tx, None, draw, False, b, dtype, options, mesh,
+                                                      sharded) for b in runners}
+                    run_chunk = runners[batches[level]]
                     new_params, new_opt, new_ema, losses = call(run_chunk, *args[:6], None, *args[7:])
                 losses = dist.host(losses)
                 g0 = offsets[level] + step

@@ -308,9 +308,9 @@ def test_steps_per_level_may_differ_between_levels():
     # different steps give a different run (the lengths are used, not ignored)
     other, _ = rsnjax.fit(net, data, sigmas=[0.5, 0.2, 0.1], steps_per_level=[6, 4, 12], **common)
     assert not np.array_equal(np.asarray(other.A), np.asarray(model.A))
-    # the default budget: 1000 steps per level, 20 000 at the last
-    assert rsnjax.default_steps(3) == [1000, 1000, 20_000]
-    assert rsnjax.default_steps(1) == [20_000]
+    # the default budget: 1000 steps per level, 160 000 at the last
+    assert rsnjax.default_steps(3) == [1000, 1000, 160_000]
+    assert rsnjax.default_steps(1) == [160_000]
 
 
 @pytest.mark.parametrize("steps, match", [([5, 5], "one int per level"), ([5, 0, 5], "steps_per_level"),
