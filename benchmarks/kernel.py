@@ -14,7 +14,7 @@ timed call about 1 s long; best of the rounds), after a compiling call:
   the chain's N-float state, which at N = 5000 (20 KB a chain, beside 100 KB of weights) cannot
   stay in L1, so a step costs at least one read-modify-write pass of N floats at the rate of a
   C++ loop over 256 KB per core (the better of the relu loop and a plain read-modify-write loop,
-  on 64-byte-aligned rows: until 2026-12-03 the rows were NumPy's 16-byte-aligned ones, which
+  on 64-byte-aligned rows: until 2026-12-02 the rows were NumPy's 16-byte-aligned ones, which
   cost the loop about 13 %). FLOPs per neuron and step: 4d + 2 = 10 at d = 2 (a multiply and an
   add counted as 2 even when fused; the max of relu not counted): W_in x + I (2d), the leak
   (1 − a)u + relu(a z) (2; a·relu(z) = relu(a·z) for a > 0, so a is folded into W_in and I and

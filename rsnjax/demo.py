@@ -129,7 +129,8 @@ def main(argv=None) -> int:
 
     net = ScoreNetwork(target.dim, args.hidden, activation=args.activation, key=k_init)
     print(f"[1/4] training ScoreNetwork(dim={target.dim}, hidden={args.hidden}, {args.activation}) on {args.target} "
-          "with fit's defaults (noise levels from the data, constant Adam, parameter average)")
+          "with fit's defaults (noise levels from the data, constant Adam with the readout ×10 at σ_min, "
+          "parameter average)")
     t0 = time.perf_counter()
     net, history = fit(net, target, steps_per_level=args.steps_per_level, key=k_fit,
                        progress=False if args.no_progress else None)

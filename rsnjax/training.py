@@ -578,11 +578,11 @@ _CONCRETE_VALUE_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerA
 #: The default budget: every level but the last gets `DEFAULT_STEPS_PER_LEVEL` steps, the last
 #: (σ_min, the only one the sampler uses) `DEFAULT_FINAL_STEPS` (see `default_steps`).
 DEFAULT_STEPS_PER_LEVEL = 1000
-DEFAULT_FINAL_STEPS = 40_000
+DEFAULT_FINAL_STEPS = 160_000
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LEARNING_RATE = 1e-3
 #: `fit`'s default ``readout_factor`` (with the default optimiser): the readout A's step at σ_min
-DEFAULT_READOUT_FACTOR = 30.0
+DEFAULT_READOUT_FACTOR = 10.0
 DEFAULT_EMA_DECAY = 0.999
 DEFAULT_CONFINE = 1.0
 #: `fit`'s ``density_weight``: data rows of the density estimate per step, and the largest weight
@@ -618,11 +618,11 @@ def default_steps(num_levels: int) -> list[int]:
     concentric rings the learned radial slope reaches 11–17 of the true 30 after 2000 steps, and
     still only 26–29 after 6000 steps of noise-free regression onto the exact score), so the
     budget goes where it is used: with the same 20 000 steps in total, moving them to the last
-    level lowered the rings' MMD² from 37× to 14× the floor (docs/QUALITY.md). More steps there
-    kept helping: on the quality suite's thin curved sets over three seeds, 20 000 → 160 000
-    steps at σ_min took the swiss roll from 16/15/4.0× the floor to 0.4/1.1/0.3× and moons from
-    6.5/9.8/2.7× to 4.0/2.4/0.6× (a larger batch, a longer parameter average or a density weight
-    did less or harm); it trains N = 1000, d = 2 in ≈ 19 s on one core (C++ DSM kernels).
+    level lowered the rings' MMD² from 37× to 14× the floor. More steps there kept helping
+    (20 000 → 160 000 took the swiss roll from 16/15/4.0× the floor to 0.1/0.7/0.3× over three
+    seeds), and letting the readout keep up (`fit`'s ``readout_factor``, on by default) did the
+    rest for moons (docs/QUALITY.md). ≈ 19 s for N = 1000, d = 2 on one core with the C++ DSM
+    kernels.
 
     **Arguments:** `num_levels` ≥ 1. **Returns:** a list of `num_levels` ints.
     """
@@ -748,16 +748,18 @@ def fit(
       (warm-up (1+t)/(10+t), restarted at every level), whatever the optimiser; None returns the
       last iterate. The average removes most of the 1/σ-sized step noise of small-σ levels.
     - `readout_factor`: at the last level (σ_min, the model the sampler uses) the optimiser's
-      step for the readout A (W_out) is multiplied by this. Default None: 60
+      step for the readout A (W_out) is multiplied by this. Default None: 10
       (`DEFAULT_READOUT_FACTOR`) with the default optimiser, 1 (off) with a given one; a number
       applies to any optimiser. Why: in s(x) = −x + A φ(Bx + b) the hidden layer places the
       units' switching lines and A sets how steep the score is between them; on thin or curved
       data the σ_min score must be steep across the data (≈ 1/σ_min²), but Adam moves every
       parameter by about the learning rate per step, and the learned score stayed too shallow
-      (two concentric rings: a radial slope of 11–17 where the blurred data's is 30). Over
-      ``benchmarks/quality.py``'s 13 targets × 3 seeds this took the goal from 34 to 39 of 39
-      target-seed pairs, with no extra time per step (docs/QUALITY.md). Models without a field
-      ``A`` are unaffected.
+      (two concentric rings: a radial slope of 11–17 where the blurred data's is 30). With the
+      default 160 000 steps at σ_min, ×10 took moons from 4.6/0.9/0.4× the floor (seeds 0–2)
+      to 2.4/0.3/…×, at no cost per step. Larger factors are faster and less stable: ×20 with
+      80 000 steps failed the heavy-tailed Student-t on one seed of five (3.6×), ×30 with
+      40 000 steps on two of three (docs/QUALITY.md). Models without a field ``A`` are
+      unaffected.
     - `antithetic`: draw the noise in pairs ±ε on the same data point (half the batch's points,
       each used twice). The O(1/σ) noise of the DSM gradient cancels within a pair.
     - `confine`: weight of the far-field penalty that keeps the drift pointing inward outside
