@@ -756,7 +756,7 @@ def fit(
       parameter by about the learning rate per step, and the learned score stayed too shallow
       (two concentric rings: a radial slope of 11–17 where the blurred data's is 30). With the
       default 160 000 steps at σ_min, ×10 took moons from 4.6/0.9/0.4× the floor (seeds 0–2)
-      to 2.4/0.3/…×, at no cost per step. Larger factors are faster and less stable: ×20 with
+      to 2.4/0.3/0.15×, at no cost per step. Larger factors are faster and less stable: ×20 with
       80 000 steps failed the heavy-tailed Student-t on one seed of five (3.6×), ×30 with
       40 000 steps on two of three (docs/QUALITY.md). Models without a field ``A`` are
       unaffected.
@@ -812,8 +812,8 @@ def fit(
       DSM samples rarely. Needs array `data`, an unconditional model and one process; combines
       with `tail_weight` (the weights multiply). The recorded loss is then the weighted one.
       Measured on the thin curved sets of ``benchmarks/quality.py`` (docs/QUALITY.md): worse on
-      circles and swiss roll on every seed (seed 0: 4.3× → 20× the floor at α = 0.5, 123× at
-      α = 1): an option, not a default.
+      circles and swiss roll on every seed (circles seed 0: 2.3× → 7.8× the floor at α = 0.5,
+      49× at α = 1): an option, not a default.
     - `weight_decay`: PyTorch-style L2 decay: ``weight_decay · θ`` is added to the gradient
       *before* the optimiser (``optax.add_decayed_weights`` chained in front).
     - `reset_optimizer`: re-create the optimiser state at the start of every level (as the authors did).
