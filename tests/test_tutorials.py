@@ -65,12 +65,12 @@ def test_your_data_tiny(tmp_path):
     _figure(tmp_path / "your_data_scatter.png")
     assert (tmp_path / "my_points.npy").is_file()
     assert s["num_escaped"] == 0 and s["num_chains"] == 1000
-    assert max(s["rhat_per_dim"]) == pytest.approx(s["rhat"]) and s["rhat"] < 1.05  # measured 1.017
+    assert max(s["rhat_per_dim"]) == pytest.approx(s["rhat"]) and s["rhat"] < 1.05  # measured 1.021
     # standardised data: samples near mean 0, sd 1
     assert max(abs(m) for m in s["sample_mean"]) < 0.15
     assert all(0.85 < v < 1.15 for v in s["sample_std"])
     # the floor (data vs data) is near 0 within its spread; the samples are above it but close
-    # (measured 5.9 floor sd above it)
+    # (measured 7.5 floor sd above it)
     assert abs(s["mmd2_floor"]) < 3 * s["mmd2_floor_std"] + 1e-3
     assert s["mmd2"] < s["mmd2_floor"] + 10 * s["mmd2_floor_std"]
 
