@@ -319,6 +319,8 @@ def main(argv=None):
     p.add_argument("--variance", action="store_true",
                    help="print the variance of the DSM and stable targets at σ_min (no training) and exit")
     args = p.parse_args(argv)
+    import quality_data
+
     saved = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.table:
         for variant, rows in saved.get("variants", {}).items():
@@ -327,8 +329,6 @@ def main(argv=None):
     if args.refloor:
         wanted = args.refloor.split(",")
         keys = [k for k in saved.get("variants", {}) if k.split("@seed")[0] in wanted]
-        import quality_data
-
         print(f"re-judged {refloor(saved, keys, quality_data.all_sets())} rows of {len(keys)} entries")
         args.out.write_text(json.dumps(saved, indent=1))
         return 0
@@ -341,8 +341,6 @@ def main(argv=None):
     if args.variant not in VARIANTS:
         p.error(f"--variant must be one of {', '.join(sorted(VARIANTS))}, got {args.variant!r}")
     import jax
-
-    import quality_data
 
     sets = quality_data.all_sets()
     names = args.targets.split(",") if args.targets else list(sets)

@@ -8,6 +8,7 @@ import pytest
 
 from rsnjax import ScoreNetwork, fit, targets
 from rsnjax.training import density_weights
+from test_tail_weight import assert_weighted_fit_kernel_matches_xla
 
 
 def _leaves_equal(a, b):
@@ -91,21 +92,7 @@ def test_density_weight_zero_is_off_and_bad_input_is_named():
 def test_density_weighted_fit_on_the_kernels_matches_xla(monkeypatch, confine):
     """The density-weighted gradient through the C++ kernels (with the far-field penalty: one
     fused pass) and through XLA: the same parameters up to float32 rounding over 300 Adam steps."""
-    data = np.asarray(targets.laplace_x().sample(jax.random.key(1), 4096))
-
-    def run():
-        net = ScoreNetwork(2, 61, key=jax.random.key(1))
-        return fit(net, data, sigmas=[1.0, 0.1], steps_per_level=150, batch_size=34, optimizer=optax.adam(1e-3),
-                   confine=confine, density_weight=1.0, key=jax.random.key(0), progress=False)[0]
-
-    kernel = run()
-    monkeypatch.setenv("RSNJAX_KERNEL", "0")
-    xla = run()
-    eps = float(np.finfo(np.float32).eps)
-    tol = 16 * eps * np.sqrt(34 * 61) * np.sqrt(300)
-    for name in ("A", "B", "b"):
-        ref = np.asarray(getattr(xla, name))
-        np.testing.assert_allclose(np.asarray(getattr(kernel, name)), ref, rtol=0, atol=tol * np.max(np.abs(ref)))
+    assert_weighted_fit_kernel_matches_xla(monkeypatch, 34, confine=confine, density_weight=1.0)
 
 
 def test_batch_size_per_level():

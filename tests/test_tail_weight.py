@@ -109,18 +109,25 @@ def test_tail_weight_zero_is_off_and_bad_input_is_named():
 def test_tail_weighted_fit_on_the_kernels_matches_xla(monkeypatch, confine):
     """The weighted gradient through the C++ kernels (with the far-field penalty: one fused pass)
     and through XLA: the same parameters up to float32 rounding over 300 Adam steps."""
+    assert_weighted_fit_kernel_matches_xla(monkeypatch, 33, confine=confine, tail_weight=2.0)
+
+
+def assert_weighted_fit_kernel_matches_xla(monkeypatch, batch_size, **options):
+    """`fit` with these options (a loss weight) on the Laplace X, N = 61, 2 × 150 Adam steps, through
+    the C++ kernels and through XLA: A, B, b agree to 16 ε·sqrt(batch · N)·sqrt(steps) of their
+    scale. (Also used by tests/test_density_weight.py.)"""
     data = np.asarray(targets.laplace_x().sample(jax.random.key(1), 4096))
 
     def run():
         net = ScoreNetwork(2, 61, key=jax.random.key(1))
-        return fit(net, data, sigmas=[1.0, 0.1], steps_per_level=150, batch_size=33, optimizer=optax.adam(1e-3),
-                   confine=confine, tail_weight=2.0, key=jax.random.key(0), progress=False)[0]
+        return fit(net, data, sigmas=[1.0, 0.1], steps_per_level=150, batch_size=batch_size,
+                   optimizer=optax.adam(1e-3), key=jax.random.key(0), progress=False, **options)[0]
 
     kernel = run()
     monkeypatch.setenv("RSNJAX_KERNEL", "0")
     xla = run()
     eps = float(np.finfo(np.float32).eps)
-    tol = 16 * eps * np.sqrt(33 * 61) * np.sqrt(300)
+    tol = 16 * eps * np.sqrt(batch_size * 61) * np.sqrt(300)
     for name in ("A", "B", "b"):
         ref = np.asarray(getattr(xla, name))
         np.testing.assert_allclose(np.asarray(getattr(kernel, name)), ref, rtol=0, atol=tol * np.max(np.abs(ref)))
